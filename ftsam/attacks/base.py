@@ -1,0 +1,129 @@
+"""The attack interface.
+
+An attack is three things: a **trigger** (a function on a batch of float images in [0, 1]),
+a **target mapping** (all-to-one: every label goes to ``target``; all-to-all: ``y -> (y+1) mod C``),
+and a **poisoning rule** (which training samples carry the trigger and which label they get).
+
+Attacks that poison a fixed set of samples before training (BadNets, Blended, ...) override
+:meth:`trigger`; :meth:`poison_trainset` does the rest. Attacks that poison inside the
+training loop (WaNet, Input-aware) set ``on_the_fly = True`` and override
+:meth:`poison_batch`, which the training loop calls on every augmented batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ftsam.config import AttackConfig, ConfigError, _coerce
+from ftsam.data import DatasetInfo, ImageSet
+
+
+@dataclass
+class PoisonedTrainSet:
+    data: ImageSet               # the training set as the victim receives it
+    poison_index: torch.Tensor   # indices of the samples that carry the trigger
+    original_y: torch.Tensor     # labels before poisoning
+
+
+@dataclass
+class PoisonedTestSet:
+    x: torch.Tensor              # triggered uint8 images
+    y_target: torch.Tensor       # the label the attacker wants
+    y_true: torch.Tensor         # the true label (for RA)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+
+
+class Attack:
+    name: ClassVar[str]
+    clean_label: ClassVar[bool] = False   # poison only target-class samples and keep their labels
+    on_the_fly: ClassVar[bool] = False    # poisons inside the training loop
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    def __init__(self, cfg: AttackConfig, info: DatasetInfo):
+        if cfg.target >= info.num_classes:
+            raise ConfigError(f"attack.target {cfg.target} is not a class of {info.name} "
+                              f"(valid: 0..{info.num_classes - 1})")
+        self.cfg, self.info = cfg, info
+        self.opts = self.options_from(cfg.options)
+
+    @classmethod
+    def options_from(cls, options: dict) -> "Attack.Options":
+        hints = typing.get_type_hints(cls.Options)
+        valid = [f.name for f in dataclasses.fields(cls.Options)]
+        for k in options:
+            if k not in valid:
+                raise ConfigError(f"unknown key attack.options.{k} for attack {cls.name!r}; "
+                                  f"valid keys: {', '.join(valid) or '(none)'}")
+        opts = cls.Options(**{k: _coerce(f"attack.options.{k}", v, hints[k]) for k, v in options.items()})
+        cls.check_options(opts)
+        return opts
+
+    @classmethod
+    def check_options(cls, opts) -> None:
+        """Range checks of the attack-specific options; raise ConfigError."""
+
+    # ---- what an attack is -------------------------------------------------------------
+    def target_of(self, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg.mode == "all2one":
+            return torch.full_like(y, self.cfg.target)
+        return (y + 1) % self.info.num_classes
+
+    def trigger(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the trigger to float images in [0, 1], ``[N, C, H, W]``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no trigger")
+
+    def prepare(self, train: ImageSet, seed: int, cache_dir=None, device="cpu") -> None:
+        """Build what the trigger needs from the training data (generated resources);
+        nothing for attacks whose trigger is fixed."""
+
+    # ---- poisoning ---------------------------------------------------------------------
+    def apply(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The trigger on uint8 images, quantised back to uint8 as a saved image would be."""
+        return to_uint8(self.trigger(to_float(x), y))
+
+    def candidates(self, y: torch.Tensor) -> torch.Tensor:
+        if self.clean_label:
+            return (y == self.cfg.target).nonzero().flatten()
+        return (self.target_of(y) != y).nonzero().flatten()
+
+    def poison_index(self, train: ImageSet, seed: int) -> torch.Tensor:
+        cand = self.candidates(train.y)
+        n = int(round(self.cfg.poison_ratio * len(train)))
+        if n > len(cand):
+            raise ConfigError(f"attack.poison_ratio {self.cfg.poison_ratio} asks for {n} poisoned samples "
+                              f"but only {len(cand)} are eligible")
+        g = torch.Generator().manual_seed(seed)
+        return cand[torch.randperm(len(cand), generator=g)[:n]].sort().values
+
+    def poison_trainset(self, train: ImageSet, seed: int) -> PoisonedTrainSet:
+        idx = self.poison_index(train, seed)
+        x, y = train.x.clone(), train.y.clone()
+        if not self.on_the_fly and len(idx):
+            x[idx] = self.apply(x[idx], y[idx])
+            if not self.clean_label:
+                y[idx] = self.target_of(y[idx])
+        return PoisonedTrainSet(ImageSet(x, y), idx, train.y.clone())
+
+    def poison_testset(self, test: ImageSet) -> PoisonedTestSet:
+        """Triggered copies of the test images whose label the attack changes (for ASR and RA)."""
+        keep = (self.target_of(test.y) != test.y).nonzero().flatten()
+        x, y = test.x[keep], test.y[keep]
+        return PoisonedTestSet(self.apply(x, y), self.target_of(y), y)
+
+    def poison_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        """On-the-fly poisoning of a float training batch; identity for fixed-set attacks."""
+        return x, y

@@ -1,0 +1,36 @@
+"""Resumable training state: model and optimizer tensors in one safetensors file, the
+epoch and history in its metadata. Written atomically after every epoch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ftsam.io import CheckpointError, load_tensors, save_tensors
+
+
+def save_train_state(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     epoch: int, history: list[dict]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"opt.{i}.momentum_buffer"] = buf
+    save_tensors(path, tensors, metadata={"epoch": str(epoch), "history": json.dumps(history)})
+
+
+def load_train_state(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    tensors = load_tensors(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "epoch" not in meta:
+        raise CheckpointError(f"{path} is a safetensors file but not an ftsam training state (no epoch)")
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        key = f"opt.{i}.momentum_buffer"
+        if key in tensors:
+            opt.state[p]["momentum_buffer"] = tensors[key].to(device)
+    return int(meta["epoch"]), json.loads(meta.get("history", "[]"))

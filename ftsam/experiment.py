@@ -1,0 +1,120 @@
+"""The experiment pipeline the notebooks call: train (or reuse) a backdoored model, then
+defend it. Runs are cached under ``cache_dir`` by a hash of the config sections they depend
+on, so the defense notebook reuses the attack notebook's model, and an interrupted run
+resumes from its last epoch."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ftsam.attacks import Attack, PoisonedTestSet, PoisonedTrainSet, build_attack
+from ftsam.config import Config, DefenseConfig
+from ftsam.data import DatasetInfo, ImageSet, clean_subset, load_dataset
+from ftsam.defenses import build_defense
+from ftsam.io import load_json, load_model, save_json, save_model
+from ftsam.metrics import der, evaluate
+from ftsam.models import build_model
+from ftsam.train import fit, resolve_device, seed_everything
+
+
+@dataclass
+class AttackRun:
+    cfg: Config
+    info: DatasetInfo
+    attack: Attack
+    model: nn.Module
+    clean_train: ImageSet
+    poisoned: PoisonedTrainSet
+    test: ImageSet
+    test_bd: PoisonedTestSet
+    metrics: dict
+    history: list
+    run_dir: Path
+    device: torch.device
+
+
+@dataclass
+class DefenseRun:
+    name: str
+    title: str
+    metrics: dict                      # acc, asr, ra, der
+    history: list                      # epoch 0 is the backdoored model
+    clean_index: list
+    model: nn.Module = field(repr=False)
+
+
+def attack_key(cfg: Config) -> str:
+    return f"{cfg.data.name}-{cfg.model.name}-{cfg.attack.name}-{cfg.digest('seed', 'data', 'model', 'attack', 'attack_train')}"
+
+
+def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto",
+                   progress: bool | None = None, retrain: bool = False) -> AttackRun:
+    """Poison the training set, train the victim model, and measure ACC/ASR/RA.
+
+    A model trained with the same config before is loaded from ``cache_dir`` instead."""
+    device = resolve_device(device)
+    train, test, info = load_dataset(cfg.data)
+    attack = build_attack(cfg.attack, info)
+    run_dir = Path(cache_dir) / attack_key(cfg)
+    attack.prepare(train, cfg.seed, cache_dir=run_dir, device=device)
+    poisoned = attack.poison_trainset(train, cfg.seed)
+    test_bd = attack.poison_testset(test)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, info)
+    model_file, result_file = run_dir / "model.safetensors", run_dir / "result.json"
+    if model_file.is_file() and result_file.is_file() and not retrain:
+        load_model(model_file, model)
+        result = load_json(result_file)
+        model.to(device).eval()
+    else:
+        hook = attack.poison_batch if attack.on_the_fly else None
+        state = run_dir / "train_state.safetensors"
+        fitted = fit(model, poisoned.data, cfg.attack_train, seed=cfg.seed, device=device, batch_hook=hook,
+                     evaluate=lambda m: evaluate(m, test, test_bd, device), checkpoint=state,
+                     desc=f"attack {cfg.attack.name}", progress=progress)
+        result = {"config": cfg.to_dict(), "metrics": fitted.history[-1] | evaluate(model, test, test_bd, device),
+                  "history": fitted.history, "poison_index": poisoned.poison_index.tolist()}
+        save_model(model_file, model)
+        save_json(result_file, result)
+        state.unlink(missing_ok=True)
+    metrics = {k: result["metrics"][k] for k in ("acc", "asr", "ra")}
+    return AttackRun(cfg, info, attack, model, train, poisoned, test, test_bd, metrics, result["history"],
+                     run_dir, device)
+
+
+def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress: bool | None = None,
+           rerun: bool = False) -> DefenseRun:
+    """Apply ``defense`` (ft, ft_sam, ft_l2) to a copy of the backdoored model.
+
+    ``overrides`` change the defense section for this call only, e.g. ``{"sam.rho": 4.0}``."""
+    cfg = run.cfg.with_overrides({f"defense.{k}": v for k, v in (overrides or {}).items()})
+    dcfg: DefenseConfig = cfg.defense
+    impl = build_defense(defense, dcfg)
+    key = cfg.digest("defense")
+    out_dir = run.run_dir / f"{defense}-{key}"
+    model = copy.deepcopy(run.model)
+    idx = clean_subset(run.clean_train, dcfg.clean_ratio, cfg.seed, balanced=dcfg.clean_sampling == "balanced")
+    result_file, model_file = out_dir / "result.json", out_dir / "model.safetensors"
+    if result_file.is_file() and model_file.is_file() and not rerun:
+        load_model(model_file, model)
+        result = load_json(result_file)
+    else:
+        def ev(m):
+            return evaluate(m, run.test, run.test_bd, run.device)
+        state = out_dir / "train_state.safetensors"
+        fitted = impl.run(model, run.clean_train.subset(idx), seed=cfg.seed, device=run.device, evaluate=ev,
+                          checkpoint=state, progress=progress)
+        final = ev(model)
+        final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
+        history = [{"epoch": 0, **run.metrics}] + fitted.history
+        result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final,
+                  "history": history, "clean_index": idx.tolist()}
+        save_model(model_file, model)
+        save_json(result_file, result)
+        state.unlink(missing_ok=True)
+    model.eval()
+    return DefenseRun(defense, impl.title, result["metrics"], result["history"], result["clean_index"], model)

@@ -1,0 +1,171 @@
+"""The one training loop, for attack training and for every fine-tuning defense.
+
+Data stay uint8 tensors on the device; each batch is converted, augmented as a whole
+(random crop with padding, horizontal flip), optionally poisoned on the fly, and fed to the
+model. Every random choice comes from a generator seeded by (seed, epoch), so a run is
+reproducible and a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ftsam.config import SAMConfig, TrainConfig
+from ftsam.data import ImageSet
+from ftsam.sam import SAM, frozen_bn
+
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+
+
+def augment(x: torch.Tensor, padding: int, hflip: bool, g: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding) and horizontal flip of a whole float batch."""
+    n, _, h, w = x.shape
+    if padding:
+        xp = F.pad(x, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device)[None])          # [n, h]
+        cols = (dx[:, None] + torch.arange(w, device=x.device)[None])          # [n, w]
+        idx_n = torch.arange(n, device=x.device)[:, None, None]
+        x = xp.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if hflip:
+        flip = torch.rand(n, generator=g, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" \
+        else torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x_u8: torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Predicted labels for uint8 images, in eval mode (the model's mode is restored)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(x_u8), batch_size):
+        xb = x_u8[i:i + batch_size].to(device, non_blocking=True).float().div_(255.0)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            out.append(model(xb).argmax(1))
+    model.train(was_training)
+    return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)   # one row per evaluation: epoch, metrics, loss
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, epoch: int, it: int, iters_per_epoch: int) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":        # stepped per epoch, T_max = epochs
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    step = epoch * iters_per_epoch + it  # cosine_per_iter: the authors' quirk (T_max in iterations)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / cfg.cosine_t_max))
+
+
+def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device: str | torch.device = "cpu",
+        sam: SAMConfig | None = None, l2_gamma: float = 0.0, batch_hook: BatchHook | None = None,
+        evaluate: Callable[[nn.Module], dict] | None = None, checkpoint: str | Path | None = None,
+        desc: str = "train", progress: bool | None = None) -> FitResult:
+    """Train ``model`` on ``data`` for ``cfg.epochs`` epochs of SGD, FT-SAM when ``sam`` is set.
+
+    ``l2_gamma`` adds gamma * ||w||^2 to the loss (the l2 ablation, eq. 6). ``batch_hook``
+    poisons batches on the fly. ``evaluate(model)`` is called every ``cfg.eval_every`` epochs
+    and after the last; its dict goes into the history. With ``checkpoint``, the state is
+    saved after each epoch (atomically) and a run finds and resumes it.
+    ``progress=None`` shows a tqdm bar only in a terminal."""
+    from ftsam.checkpoint import load_train_state, save_train_state
+    device = torch.device(device)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    x_all, y_all = data.x.to(device), data.y.to(device)
+    n = len(data)
+    drop_last = cfg.drop_last and n > cfg.batch_size and n % cfg.batch_size < max(2, cfg.batch_size // 4)
+    iters = n // cfg.batch_size if drop_last else math.ceil(n / cfg.batch_size)
+    opt = make_optimizer(model, cfg)
+    minimizer = SAM(opt, model, sam.rho, sam.eta, sam.adaptive, sam.perturb) if sam else None
+    result, start = FitResult(), 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        start, result.history = load_train_state(checkpoint, model, opt)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_fn(xb, yb):
+        with autocast(device):
+            loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+        if l2_gamma:
+            loss = loss + l2_gamma * sum(p.pow(2).sum() for p in params)
+        return loss
+
+    bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs,
+               disable=None if progress is None else not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        g = epoch_generator(seed, epoch, device)
+        order = torch.randperm(n, generator=g, device=device)
+        total = torch.zeros((), device=device)
+        for it in range(iters):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, epoch, it, iters)
+            idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+            xb = augment(x_all[idx].float().div_(255.0), cfg.crop_padding, cfg.hflip, g)
+            yb = y_all[idx]
+            if batch_hook is not None:
+                xb, yb = batch_hook(xb, yb, g)
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(xb, yb)
+            loss.backward()
+            if minimizer is None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:
+                minimizer.ascent_step()
+                with frozen_bn(model):
+                    loss_fn(xb, yb).backward()
+                minimizer.descent_step()
+            total += loss.detach()
+        row = {"epoch": epoch + 1, "loss": float(total) / max(1, iters)}
+        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            row.update(evaluate(model))
+            bar.set_postfix({k: round(v, 2) for k, v in row.items() if isinstance(v, float)})
+        result.history.append(row)
+        if checkpoint is not None:
+            save_train_state(checkpoint, model, opt, epoch + 1, result.history)
+    bar.close()
+    model.eval()
+    return result
