@@ -28,7 +28,10 @@ def load_train_state(path: str | Path, model: torch.nn.Module, opt: torch.optim.
     if "epoch" not in meta:
         raise CheckpointError(f"{path} is a safetensors file but not an ftsam training state (no epoch)")
     device = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}: {e}") from None
     for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
         key = f"opt.{i}.momentum_buffer"
         if key in tensors:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -250,7 +251,7 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     cur = d
     for i, p in enumerate(parts[:-1]):
-        if not isinstance(cur, dict) or p not in cur:
+        if not isinstance(cur, dict) or p not in cur or not isinstance(cur[p], dict):
             raise ConfigError(f"unknown override key {dotted!r}: no section {'.'.join(parts[:i + 1])!r}")
         cur = cur[p]
     if parts[-1] not in cur and parts[-2:-1] != ["options"]:
@@ -264,6 +265,8 @@ def _choice(key: str, value: Any, choices) -> None:
 
 
 def _range(key: str, value, lo=None, hi=None, strict: bool = False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     if lo is not None and (value <= lo if strict else value < lo):
         raise ConfigError(f"{key} must be {'>' if strict else '>='} {lo}, got {value!r}")
     if hi is not None and value > hi:

@@ -48,7 +48,7 @@ class Blended(Attack):
             from PIL import Image
             with Image.open(image) as im:
                 arr = np.asarray(im.convert("RGB"))
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255.0)
+        t = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float().div(255.0)
         side = min(t.shape[1:])  # centre square crop, then resize
         top, left = (t.shape[1] - side) // 2, (t.shape[2] - side) // 2
         t = t[:, top:top + side, left:left + side]

@@ -8,6 +8,15 @@ from torch import nn
 
 from ftsam.models import Normalize
 
+
+class _MaxPool(nn.MaxPool2d):
+    """torchvision's 2x2 max-pool, except that a map already down to one pixel passes through:
+    five halvings need 32 pixels, so torchvision's VGG fails on smaller images (digits, Fashion-MNIST)."""
+
+    def forward(self, x):
+        return x if min(x.shape[-2:]) < 2 else super().forward(x)
+
+
 CFG_E = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
          512, 512, 512, 512, "M"]
 
@@ -19,7 +28,7 @@ class VGG19BN(nn.Module):
         layers, c = [], in_channels
         for v in CFG_E:
             if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                layers.append(_MaxPool(2, 2))
             else:
                 v = v * width // 64
                 layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
