@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ftsam.attacks import Attack, PoisonedTestSet, PoisonedTrainSet, build_attack
-from ftsam.config import Config, DefenseConfig
+from ftsam.config import Config, ConfigError, DefenseConfig
 from ftsam.data import DatasetInfo, ImageSet, clean_subset, load_dataset
 from ftsam.defenses import build_defense
 from ftsam.io import load_json, load_model, save_json, save_model
@@ -45,6 +45,28 @@ class DefenseRun:
     history: list                      # epoch 0 is the backdoored model
     clean_index: list
     model: nn.Module = field(repr=False)
+
+
+MODE_SUFFIX = {"a2o": "all2one", "a2a": "all2all"}
+
+
+def with_attack(cfg: Config, spec: str) -> Config:
+    """``cfg`` with the attack named by ``spec``: a name ("blended"), optionally with the
+    target mapping ("badnets-a2a", "badnets-a2o"). Options in the params file are kept
+    when they belong to the same attack, else the attack's defaults apply."""
+    name, _, suffix = spec.partition("-")
+    if suffix and suffix not in MODE_SUFFIX:
+        raise ConfigError(f"attack spec {spec!r}: unknown suffix {suffix!r}; valid: {', '.join(MODE_SUFFIX)}")
+    mode = MODE_SUFFIX[suffix] if suffix else cfg.attack.mode
+    options = cfg.attack.options if name == cfg.attack.name else {}
+    return cfg.with_overrides({"attack.name": name, "attack.mode": mode, "attack.options": options})
+
+
+def attack_label(cfg: Config) -> str:
+    """The paper's name for an attack setting, e.g. "BadNets-A2O", "Blended"."""
+    from ftsam.attacks import attack_class
+    title = attack_class(cfg.attack.name).title
+    return f"{title}-{'A2O' if cfg.attack.mode == 'all2one' else 'A2A'}" if cfg.attack.name == "badnets" else title
 
 
 def attack_key(cfg: Config) -> str:

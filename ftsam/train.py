@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ftsam.config import SAMConfig, TrainConfig
 from ftsam.data import ImageSet

@@ -12,7 +12,7 @@ from ftsam.config import ConfigError
 
 
 class BadNets(Attack):
-    name = "badnets"
+    name, title = "badnets", "BadNets"
 
     @dataclass(frozen=True)
     class Options:

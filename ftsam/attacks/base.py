@@ -46,6 +46,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 class Attack:
     name: ClassVar[str]
+    title: ClassVar[str]                 # as the paper's tables write it
     clean_label: ClassVar[bool] = False   # poison only target-class samples and keep their labels
     on_the_fly: ClassVar[bool] = False    # poisons inside the training loop
 

@@ -19,7 +19,7 @@ BUILTIN_IMAGES = ("china", "flower")
 
 
 class Blended(Attack):
-    name = "blended"
+    name, title = "blended", "Blended"
 
     @dataclass(frozen=True)
     class Options:

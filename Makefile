@@ -1,0 +1,39 @@
+# The two commands of the README: `make figures` and `make test`. Both set up .venv first.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PARAMS  ?=
+DEVICE  ?= auto
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+
+.PHONY: all install figures notebooks test unit nbval clean
+
+all: test
+
+# torch and torchvision are pinned in pyproject.toml (2.14.1 / 0.29.1): this machine's pip takes them from disk.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+## Regenerate every figure into figures/ (PARAMS=params/X.yaml for another setting, DEVICE=cuda for a GPU).
+figures: install
+	$(PY) -m ftsam.batch --device $(DEVICE) $(if $(PARAMS),--params $(PARAMS))
+
+## Refresh the committed notebooks' outputs (the references nbval compares against).
+notebooks: install
+	$(PY) -m ftsam.batch --inplace
+
+## Unit tests, then every notebook rerun and compared with its committed outputs.
+test: install unit nbval
+
+unit: install
+	$(PY) -m pytest -q tests
+
+nbval: install
+	$(PY) -m pytest -q --nbval --nbval-cell-timeout=900 $(NOTEBOOKS)
+
+clean:
+	rm -rf runs results notebooks/executed
