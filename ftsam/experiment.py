@@ -109,10 +109,12 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
 
 
 def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress: bool | None = None,
-           rerun: bool = False) -> DefenseRun:
+           rerun: bool = False, on_update=None) -> DefenseRun:
     """Apply ``defense`` (ft, ft_sam, ft_l2) to a copy of the backdoored model.
 
-    ``overrides`` change the defense section for this call only, e.g. ``{"sam.rho": 4.0}``."""
+    ``overrides`` change the defense section for this call only, e.g. ``{"sam.rho": 4.0}``.
+    ``on_update(epoch, iteration, model)`` watches every update (see :func:`ftsam.train.fit`);
+    a cached result is not reused then, since the updates must happen to be watched."""
     cfg = run.cfg.with_overrides({f"defense.{k}": v for k, v in (overrides or {}).items()})
     dcfg: DefenseConfig = cfg.defense
     impl = build_defense(defense, dcfg)
@@ -121,7 +123,7 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
     model = copy.deepcopy(run.model)
     idx = clean_subset(run.clean_train, dcfg.clean_ratio, cfg.seed, balanced=dcfg.clean_sampling == "balanced")
     result_file, model_file = out_dir / "result.json", out_dir / "model.safetensors"
-    if result_file.is_file() and model_file.is_file() and not rerun:
+    if result_file.is_file() and model_file.is_file() and not rerun and on_update is None:
         load_model(model_file, model)
         result = load_json(result_file)
     else:
@@ -129,7 +131,7 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
             return evaluate(m, run.test, run.test_bd, run.device)
         state = out_dir / "train_state.safetensors"
         fitted = impl.run(model, run.clean_train.subset(idx), seed=cfg.seed, device=run.device, evaluate=ev,
-                          checkpoint=state, progress=progress)
+                          checkpoint=None if on_update else state, progress=progress, on_update=on_update)
         final = ev(model)
         final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
         history = [{"epoch": 0, **run.metrics}] + fitted.history

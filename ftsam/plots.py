@@ -77,3 +77,93 @@ def defense_curves(results: dict[str, dict], metrics=("asr", "acc")):
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def neuron_panels(values: dict[int, torch.Tensor], order: torch.Tensor, titles: dict[int, str], ylabel: str, cols: int = 4):
+    """One bar panel per epoch: a per-neuron quantity with neurons sorted by ``order``
+    (the paper's Figure 1: gradient norms sorted by TAC)."""
+    keys = sorted(values)
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, sharey=True)
+    for ax, k in zip(axes.flat, keys):
+        ax.bar(range(len(order)), values[k][order].numpy(), width=1.0, color="tab:red")
+        ax.set_title(titles.get(k, str(k)), fontsize=9)
+        ax.set_xticks([])
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for r in range(rows):
+        axes[r, 0].set_ylabel(ylabel, fontsize=8)
+    fig.supxlabel("neurons of the last convolution, sorted by TAC (high to low)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def weight_norms(series: dict[str, torch.Tensor], order: torch.Tensor, tac: torch.Tensor):
+    """Per-neuron weight norms (sorted by TAC) before and after each defense, with TAC above."""
+    fig, axes = plt.subplots(2, 1, figsize=(8, 4.6), sharex=True, height_ratios=[1, 2])
+    axes[0].bar(range(len(order)), tac[order].numpy(), width=1.0, color="grey")
+    axes[0].set_ylabel("TAC")
+    for (name, norms), color in zip(series.items(), ("black", "tab:blue", "tab:red", "tab:green")):
+        axes[1].plot(range(len(order)), norms[order].numpy(), lw=1.0, color=color, label=name)
+    axes[1].set_ylabel("weight norm")
+    axes[1].set_xlabel("neurons of the last convolution, sorted by TAC (high to low)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gradcam_grid(images: torch.Tensor, rows: dict[str, torch.Tensor], title: str = ""):
+    """Poisoned images on top, then one row of Grad-CAM overlays per model."""
+    n = len(images)
+    fig, axes = plt.subplots(1 + len(rows), n, figsize=(1.5 * n, 1.6 * (1 + len(rows))), squeeze=False)
+    for j in range(n):
+        _show(axes[0, j], images[j])
+        for r, maps in enumerate(rows.values(), start=1):
+            _show(axes[r, j], images[j])
+            axes[r, j].imshow(maps[j].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    axes[0, 0].set_ylabel("poisoned", fontsize=8)
+    for r, name in enumerate(rows, start=1):
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def tsne_panels(panels: dict[str, dict], num_classes: int):
+    """t-SNE scatter per model: clean test points coloured by class, poisoned points as black
+    crosses. ``panels[name] = {"xy": [N, 2], "y": [N] (class, -1 for poisoned)}``."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
+    for ax, (name, p) in zip(axes.flat, panels.items()):
+        xy, y = p["xy"], p["y"]
+        clean = y >= 0
+        ax.scatter(xy[clean, 0], xy[clean, 1], c=[cmap(int(c) % cmap.N) for c in y[clean]], s=6, alpha=0.7, linewidths=0)
+        ax.scatter(xy[~clean, 0], xy[~clean, 1], c="black", marker="x", s=10, linewidths=0.7, label="poisoned")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes.flat[0].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def sweep(xs: list[float], series: dict[str, dict[str, list[float]]], reference: dict[str, dict[str, float]] | None = None,
+          xlabel: str = "gamma"):
+    """ACC and ASR against a swept hyper-parameter, one line per attack; dashed lines for a
+    reference method (e.g. FT-SAM)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for i, m in enumerate(("acc", "asr")):
+        for k, (label, vals) in enumerate(series.items()):
+            color = f"C{k}"
+            axes[i].plot(xs, vals[m], marker="o", color=color, label=label)
+            if reference and label in reference:
+                axes[i].axhline(reference[label][m], color=color, ls="--", lw=1)
+        axes[i].set_xscale("log")
+        axes[i].set_xlabel(xlabel)
+        axes[i].set_ylabel(f"{m.upper()} (%)")
+        axes[i].set_ylim(-3, 103)
+        axes[i].grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -25,3 +25,21 @@ def defense_table(attack_runs: dict, defense_runs: dict) -> str:
             d = dr.metrics
             rows.append([attack, dr.title, d["acc"], d["asr"], d["ra"], d["der"]])
     return table(["attack", "model", "ACC", "ASR", "RA", "DER"], rows)
+
+
+def grid(attack_runs: dict, variants: dict[str, dict]) -> str:
+    """The layout of the supplement's Tables 8 and 9: one row per variant, one column per attack
+    with ACC/ASR/DER, and the average. ``variants[name][attack]`` is a DefenseRun."""
+    attacks = list(attack_runs)
+    rows = [["Backdoored"] + [f"{attack_runs[a].metrics['acc']:.1f}/{attack_runs[a].metrics['asr']:.1f}/-" for a in attacks]
+            + [f"{mean(attack_runs[a].metrics['acc'] for a in attacks):.1f}/{mean(attack_runs[a].metrics['asr'] for a in attacks):.1f}/-"]]
+    for name, by_attack in variants.items():
+        ms = [by_attack[a].metrics for a in attacks]
+        rows.append([name] + [f"{m['acc']:.1f}/{m['asr']:.1f}/{m['der']:.1f}" for m in ms]
+                    + ["/".join(f"{mean(m[k] for m in ms):.1f}" for k in ("acc", "asr", "der"))])
+    return table(["ACC/ASR/DER"] + attacks + ["Avg"], rows)
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)

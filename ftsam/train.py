@@ -100,12 +100,14 @@ def lr_at(cfg: TrainConfig, epoch: int, it: int, iters_per_epoch: int) -> float:
 def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device: str | torch.device = "cpu",
         sam: SAMConfig | None = None, l2_gamma: float = 0.0, batch_hook: BatchHook | None = None,
         evaluate: Callable[[nn.Module], dict] | None = None, checkpoint: str | Path | None = None,
+        on_update: Callable[[int, int, nn.Module], None] | None = None,
         desc: str = "train", progress: bool | None = None) -> FitResult:
     """Train ``model`` on ``data`` for ``cfg.epochs`` epochs of SGD, FT-SAM when ``sam`` is set.
 
     ``l2_gamma`` adds gamma * ||w||^2 to the loss (the l2 ablation, eq. 6). ``batch_hook``
     poisons batches on the fly. ``evaluate(model)`` is called every ``cfg.eval_every`` epochs
-    and after the last; its dict goes into the history. With ``checkpoint``, the state is
+    and after the last; its dict goes into the history. ``on_update(epoch, iteration, model)``
+    sees the gradients the optimizer is about to use (for FT-SAM: those at w + eps). With ``checkpoint``, the state is
     saved after each epoch (atomically) and a run finds and resumes it.
     ``progress=None`` shows a tqdm bar only in a terminal."""
     from ftsam.checkpoint import load_train_state, save_train_state
@@ -151,12 +153,16 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device
             loss = loss_fn(xb, yb)
             loss.backward()
             if minimizer is None:
+                if on_update is not None:
+                    on_update(epoch, it, model)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             else:
                 minimizer.ascent_step()
                 with frozen_bn(model):
                     loss_fn(xb, yb).backward()
+                if on_update is not None:
+                    on_update(epoch, it, model)
                 minimizer.descent_step()
             total += loss.detach()
         row = {"epoch": epoch + 1, "loss": float(total) / max(1, iters)}

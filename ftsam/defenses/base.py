@@ -25,7 +25,8 @@ class Defense:
 
     def run(self, model: nn.Module, clean: ImageSet, *, seed: int, device="cpu",
             evaluate: Callable[[nn.Module], dict] | None = None, checkpoint=None,
-            progress: bool | None = None) -> FitResult:
+            progress: bool | None = None, on_update=None) -> FitResult:
         """Defend ``model`` in place on ``clean``; return the per-epoch history."""
         return fit(model, clean, self.cfg.train, seed=seed, device=device, evaluate=evaluate,
-                   checkpoint=checkpoint, desc=self.title, progress=progress, **self.fit_options())
+                   checkpoint=checkpoint, on_update=on_update, desc=self.title, progress=progress,
+                   **self.fit_options())
