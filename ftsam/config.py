@@ -25,7 +25,6 @@ class ConfigError(ValueError):
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "gtsrb", "tiny_imagenet")
 MODELS = ("preactresnet18", "vgg19_bn")
-ATTACKS = ("badnets", "blended")
 DEFENSES = ("ft", "ft_sam", "ft_l2")
 
 
@@ -61,7 +60,8 @@ class AttackConfig:
     options: dict = field(default_factory=dict)
 
     def check(self) -> None:
-        _choice("attack.name", self.name, ATTACKS)
+        from ftsam.attacks import attack_class  # late import: attacks depend on config
+        attack_class(self.name)                 # an unknown name lists the attacks there are
         _choice("attack.mode", self.mode, ("all2one", "all2all"))
         _range("attack.target", self.target, lo=0)
         if not 0.0 < self.poison_ratio < 1.0:

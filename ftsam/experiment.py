@@ -16,9 +16,9 @@ from ftsam.config import Config, ConfigError, DefenseConfig
 from ftsam.data import DatasetInfo, ImageSet, clean_subset, load_dataset
 from ftsam.defenses import build_defense
 from ftsam.io import load_json, load_model, save_json, save_model
-from ftsam.metrics import der, evaluate
+from ftsam.metrics import accuracy, der, evaluate
 from ftsam.models import build_model
-from ftsam.train import fit, resolve_device, seed_everything
+from ftsam.train import fit, predict, resolve_device, seed_everything
 
 
 @dataclass
@@ -73,6 +73,32 @@ def attack_key(cfg: Config) -> str:
     return f"{cfg.data.name}-{cfg.model.name}-{cfg.attack.name}-{cfg.digest('seed', 'data', 'model', 'attack', 'attack_train')}"
 
 
+def clean_key(cfg: Config) -> str:
+    return f"{cfg.data.name}-{cfg.model.name}-clean-{cfg.digest('seed', 'data', 'model', 'attack_train')}"
+
+
+def train_clean(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto",
+                progress: bool | None = None) -> nn.Module:
+    """A model trained on the clean training set with the attack-training settings (what
+    LF, Trojan and CLA build their triggers from), cached like a backdoored model."""
+    device = resolve_device(str(device))
+    train, test, info = load_dataset(cfg.data)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, info)
+    run_dir = Path(cache_dir) / clean_key(cfg)
+    model_file = run_dir / "model.safetensors"
+    if model_file.is_file():
+        return load_model(model_file, model).to(device).eval()
+    state = run_dir / "train_state.safetensors"
+    fitted = fit(model, train, cfg.attack_train, seed=cfg.seed, device=device, checkpoint=state,
+                 evaluate=lambda m: {"acc": accuracy(predict(m, test.x, device=device), test.y)},
+                 desc="clean model", progress=progress)
+    save_model(model_file, model)
+    save_json(run_dir / "result.json", {"config": cfg.to_dict(), "history": fitted.history})
+    state.unlink(missing_ok=True)
+    return model.eval()
+
+
 def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto",
                    progress: bool | None = None, retrain: bool = False) -> AttackRun:
     """Poison the training set, train the victim model, and measure ACC/ASR/RA.
@@ -82,7 +108,8 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
     train, test, info = load_dataset(cfg.data)
     attack = build_attack(cfg.attack, info)
     run_dir = Path(cache_dir) / attack_key(cfg)
-    attack.prepare(train, cfg.seed, cache_dir=run_dir, device=device)
+    attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources", key=clean_key(cfg),
+                   device=device, clean_model=lambda: train_clean(cfg, cache_dir, device, progress))
     poisoned = attack.poison_trainset(train, cfg.seed)
     test_bd = attack.poison_testset(test)
     seed_everything(cfg.seed)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftsam.config import (ATTACKS, DATASETS, MODELS, Config, ConfigError, DefenseConfig, TrainConfig,
+from ftsam.attacks import REGISTRY as ATTACKS
+from ftsam.config import (DATASETS, MODELS, Config, ConfigError, DefenseConfig, TrainConfig,
                           from_dict, load_config)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_bad_train_ranges(key, value):
 
 # ---- unknown choices --------------------------------------------------------------------
 @pytest.mark.parametrize("section,key,bad,choices", [
-    ("attack", "name", "trojan", ATTACKS),
+    ("attack", "name", "no_such_attack", tuple(ATTACKS)),
     ("data", "name", "imagenet", DATASETS),
     ("model", "name", "resnet50", MODELS),
     ("attack", "mode", "all2some", ("all2one", "all2all")),

@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
+from torch import nn
 
 from ftsam.config import AttackConfig, ConfigError, _coerce
 from ftsam.data import DatasetInfo, ImageSet
@@ -87,9 +88,13 @@ class Attack:
         """Apply the trigger to float images in [0, 1], ``[N, C, H, W]``."""
         raise NotImplementedError(f"{type(self).__name__} defines no trigger")
 
-    def prepare(self, train: ImageSet, seed: int, cache_dir=None, device="cpu") -> None:
-        """Build what the trigger needs from the training data (generated resources);
-        nothing for attacks whose trigger is fixed."""
+    def prepare(self, train: ImageSet, *, seed: int, cache_dir, key: str, device="cpu",
+                clean_model: Callable[[], nn.Module] | None = None) -> None:
+        """Build what the trigger needs (generated resources: a UAP, an encoder, an optimised
+        trigger) from the training data and, when needed, ``clean_model()`` (a model trained on
+        the clean data, built and cached on first call). Cache them under ``cache_dir`` by a
+        hash of ``key`` (which identifies the data and clean model) and the attack's options.
+        Nothing for attacks whose trigger is fixed."""
 
     # ---- poisoning ---------------------------------------------------------------------
     def apply(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
