@@ -43,3 +43,37 @@ def grid(attack_runs: dict, variants: dict[str, dict]) -> str:
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
+
+
+def paper_vs_ours(table_no: int, ours: dict) -> str:
+    """The supplement's Table ``table_no`` beside our numbers, one row per cell we have.
+
+    ``ours[(attack, defense)]`` is a dict with "acc", "asr" and optionally "der" (percent), or
+    anything with such a ``.metrics`` (a DefenseRun, an AttackRun for the "Backdoored" row).
+    Keys use the labels of :mod:`ftsam.paper_tables` (e.g. ("BadNets-A2O", "FT-SAM"),
+    ("Blended", "w/ Adaptive"), ("Trojan", "gamma=0.05")). Each metric gets the paper's value,
+    ours and the difference ours - paper; "-" where either side has none (a cell the paper
+    does not print, Backdoored DER, Table 5 DER). Rows follow the paper's order; cells the
+    paper lacks come last."""
+    from ftsam.paper_tables import METRICS, TABLES
+
+    if table_no not in TABLES:
+        raise KeyError(f"no Table {table_no!r} in the supplement; valid: {sorted(TABLES)}")
+    t = TABLES[table_no]
+    order = {key: i for i, key in enumerate(t.rows)}
+    rank = {key: (order.get(tuple(key), len(order)), i) for i, key in enumerate(ours)}
+    keys = sorted(ours, key=rank.__getitem__)
+    two = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    rows = []
+    for key in keys:
+        mine = getattr(ours[key], "metrics", ours[key])
+        paper = t.rows.get(tuple(key), {})
+        row = list(key)
+        for m in METRICS:
+            p, o = paper.get(m), mine.get(m)
+            row += [two(p), two(o), "-" if p is None or o is None else f"{o - p:+.2f}"]
+        rows.append(row)
+    header = ["attack", "defense"] + [f"{m.upper()}{s}" for m in METRICS for s in (" paper", " ours", " diff")]
+    title = (f"Table {t.number}: {t.dataset}, {t.model}, {t.poisoning_ratio:g}% poisoning, "
+             f"{t.clean_ratio:g}% clean data (diff = ours - paper)")
+    return title + "\n" + table(header, rows)
