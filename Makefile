@@ -6,7 +6,7 @@ PARAMS  ?=
 DEVICE  ?= auto
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: all install figures notebooks test unit nbval clean
+.PHONY: all install figures notebooks test unit nbval bench clean
 
 all: test
 
@@ -34,6 +34,10 @@ unit: install
 
 nbval: install
 	$(PY) -m pytest -q --nbval --nbval-cell-timeout=900 $(NOTEBOOKS)
+
+## Benchmarks (not tests): writes BENCHMARKS.md (THREADS=n pins torch's threads).
+bench: install
+	$(PY) -m benchmarks.run $(if $(THREADS),--threads $(THREADS))
 
 clean:
 	rm -rf runs results notebooks/executed

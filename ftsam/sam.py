@@ -35,36 +35,70 @@ class SAM:
         self.params = [p for n, p in model.named_parameters()
                        if p.requires_grad and (perturb == "all" or n.endswith("weight"))]
         self._eps: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._scratch: dict[int, torch.Tensor] = {}   # T_w buffer per parameter when eta > 0 (see _perturb)
 
     @torch.no_grad()
     def perturbation(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(param, eps) pairs for the current gradients: eps = rho T^2 g / ||T g||."""
+        """(param, eps) pairs for the current gradients: eps = rho T^2 g / ||T g||.
+
+        The eps are fresh tensors, bitwise equal to what :meth:`ascent_step` adds."""
+        return self._perturb(in_place=False)
+
+    @torch.no_grad()
+    def _perturb(self, in_place: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """eps for the current gradients. ``in_place`` (the training step, which drops the
+        gradients right after) computes eps in the gradient tensors themselves and T_w (only
+        for eta > 0) in buffers kept from step to step: no parameter-sized tensor is allocated
+        (and page-faulted) per step. Otherwise (the public :meth:`perturbation`) the gradients are
+        left as they are. Either way every value comes from the same float operations in the
+        same order, ``eps = ((g * T) * T) * scale``, so the two agree bitwise."""
         ps = [p for p in self.params if p.grad is not None]
         if not ps:
             return []
-        gs = [p.grad for p in ps]
+        es = [p.grad if in_place else p.grad.clone() for p in ps]           # g
         if self.adaptive:
-            ts = torch._foreach_add(torch._foreach_abs(ps), self.eta)       # T_w = |w| + eta
-            tg = torch._foreach_mul(ts, gs)                                 # T_w g
-        else:
-            ts, tg = None, gs
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tg)))
+            if self.eta:
+                ts = self._t_buffers(ps, keep=in_place)
+                torch._foreach_copy_(ts, ps)
+                torch._foreach_abs_(ts)
+                torch._foreach_add_(ts, self.eta)                           # T_w = |w| + eta
+            else:
+                # T_w = |w|, and w serves as well: g w is g |w| up to sign, so its norm is the
+                # same, and (g w) w is exactly (g |w|) |w| (rounding is sign-symmetric).
+                ts = ps
+            torch._foreach_mul_(es, ts)                                     # T_w g
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(es)))
         scale = self.rho / (norm + 1e-12)
-        eps = torch._foreach_mul(torch._foreach_mul(ts, tg), scale) if self.adaptive \
-            else torch._foreach_mul(gs, scale)                              # rho T^2 g / ||T g||
-        return list(zip(ps, eps))
+        if self.adaptive:
+            torch._foreach_mul_(es, ts)                                     # T_w^2 g
+        torch._foreach_mul_(es, scale)                                      # rho T^2 g / ||T g||
+        return list(zip(ps, es))
+
+    def _t_buffers(self, ps: list[torch.Tensor], keep: bool) -> list[torch.Tensor]:
+        """One scratch tensor per parameter for T_w, like it (shape, dtype, device, memory
+        format); with ``keep``, kept and made again only when a parameter changed (e.g. moved)."""
+        if not keep:
+            return [torch.empty_like(p) for p in ps]
+        out = []
+        for p in ps:
+            b = self._scratch.get(id(p))
+            if b is None or b.shape != p.shape or b.dtype != p.dtype or b.device != p.device \
+                    or b.stride() != p.stride():
+                b = self._scratch[id(p)] = torch.empty_like(p)
+            out.append(b)
+        return out
 
     @torch.no_grad()
     def ascent_step(self) -> None:
-        self._eps = self.perturbation()
-        for p, e in self._eps:
-            p.add_(e)
+        self._eps = self._perturb(in_place=True)
+        if self._eps:
+            torch._foreach_add_([p for p, _ in self._eps], [e for _, e in self._eps])
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def descent_step(self) -> None:
-        for p, e in self._eps:
-            p.sub_(e)
+        if self._eps:
+            torch._foreach_sub_([p for p, _ in self._eps], [e for _, e in self._eps])
         self._eps = []
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -223,5 +223,5 @@ def test_ratio_beyond_the_eligible_samples_raises():
 
 
 def test_unknown_attack_raises():
-    with pytest.raises(ConfigError, match="wanet"):
-        build_attack(AttackConfig(name="wanet"), info())
+    with pytest.raises(ConfigError, match="no_such_attack"):
+        build_attack(AttackConfig(name="no_such_attack"), info())

@@ -106,12 +106,21 @@ class Attack:
             return (y == self.cfg.target).nonzero().flatten()
         return (self.target_of(y) != y).nonzero().flatten()
 
+    def poison_count(self, train: ImageSet) -> int:
+        """How many training samples to poison: ``poison_ratio`` of the whole training set, or,
+        for an attack whose options say ``ratio_of: target_class``, of the target class's samples."""
+        if getattr(self.opts, "ratio_of", "dataset") == "target_class":
+            return int(round(self.cfg.poison_ratio * int((train.y == self.cfg.target).sum())))
+        return int(round(self.cfg.poison_ratio * len(train)))
+
     def poison_index(self, train: ImageSet, seed: int) -> torch.Tensor:
         cand = self.candidates(train.y)
-        n = int(round(self.cfg.poison_ratio * len(train)))
+        n = self.poison_count(train)
         if n > len(cand):
+            hint = (f" (at most {len(cand) / len(train):.4f} of the set, or set attack.options.ratio_of: "
+                    f"target_class)" if hasattr(self.opts, "ratio_of") else "")
             raise ConfigError(f"attack.poison_ratio {self.cfg.poison_ratio} asks for {n} poisoned samples "
-                              f"but only {len(cand)} are eligible")
+                              f"but only {len(cand)} are eligible{hint}")
         g = torch.Generator().manual_seed(seed)
         return cand[torch.randperm(len(cand), generator=g)[:n]].sort().values
 
