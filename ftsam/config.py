@@ -136,6 +136,10 @@ class Config:
     attack: AttackConfig = field(default_factory=AttackConfig)
     attack_train: TrainConfig = field(default_factory=lambda: TrainConfig(crop_padding=4, hflip=True))
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    # Per attack, dotted overrides of ``attack.*`` / ``attack_train.*`` that
+    # :func:`ftsam.experiment.with_attack` applies when a notebook switches to that attack,
+    # e.g. ``{"wanet": {"attack_train.epochs": 100}}``. They do not touch the sections above.
+    attack_settings: dict = field(default_factory=dict)
 
     def check(self) -> "Config":
         self.data.check()
@@ -145,7 +149,38 @@ class Config:
         self.defense.check()
         from ftsam.attacks import attack_class  # late import: attacks depend on config
         attack_class(self.attack.name).options_from(self.attack.options)
+        for name, overrides in self.attack_settings.items():
+            self.settings_for(name)      # checks the name, the keys and the values
         return self
+
+    def settings_for(self, name: str) -> dict[str, Any]:
+        """The checked overrides ``attack_settings`` holds for attack ``name`` (may be empty)."""
+        from ftsam.attacks import attack_class
+        if name not in self.attack_settings:
+            return {}
+        try:
+            attack_class(name)
+        except ConfigError as e:
+            raise ConfigError(f"attack_settings.{name}: {e}") from None
+        overrides = self.attack_settings[name]
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"attack_settings.{name} must be a mapping of dotted keys to values, got {overrides!r}")
+        for key in overrides:
+            if not (isinstance(key, str) and key.startswith(("attack.", "attack_train."))) or key in ("attack.name",):
+                raise ConfigError(f"attack_settings.{name}: key {key!r} is not allowed; valid keys are "
+                                  f"attack.target, attack.mode, attack.poison_ratio, attack.options, attack_train.*")
+        d = self.to_dict()
+        d["attack_settings"] = {}
+        d["attack"]["name"] = name
+        if self.attack.name != name:
+            d["attack"]["options"] = {}
+        try:
+            for key, value in overrides.items():
+                _set_dotted(d, key, value)
+            from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"attack_settings.{name}: {e}") from None
+        return dict(overrides)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -53,13 +53,18 @@ MODE_SUFFIX = {"a2o": "all2one", "a2a": "all2all"}
 def with_attack(cfg: Config, spec: str) -> Config:
     """``cfg`` with the attack named by ``spec``: a name ("blended"), optionally with the
     target mapping ("badnets-a2a", "badnets-a2o"). Options in the params file are kept
-    when they belong to the same attack, else the attack's defaults apply."""
+    when they belong to the same attack, else the attack's defaults apply; then the params
+    file's ``attack_settings[name]`` overrides (e.g. more epochs for WaNet) are applied."""
     name, _, suffix = spec.partition("-")
     if suffix and suffix not in MODE_SUFFIX:
         raise ConfigError(f"attack spec {spec!r}: unknown suffix {suffix!r}; valid: {', '.join(MODE_SUFFIX)}")
     mode = MODE_SUFFIX[suffix] if suffix else cfg.attack.mode
     options = cfg.attack.options if name == cfg.attack.name else {}
-    return cfg.with_overrides({"attack.name": name, "attack.mode": mode, "attack.options": options})
+    overrides = {"attack.name": name, "attack.mode": mode, "attack.options": options}
+    settings = cfg.settings_for(name)
+    if suffix:      # the spec's mapping wins over a mode in attack_settings
+        settings = {k: v for k, v in settings.items() if k != "attack.mode"}
+    return cfg.with_overrides(overrides | settings)
 
 
 def attack_label(cfg: Config) -> str:

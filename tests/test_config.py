@@ -278,3 +278,29 @@ def test_shipped_params_load(path):
 
 def test_there_are_shipped_params():
     assert (REPO / "params" / "offline.yaml") in PARAMS
+
+
+# ---- per-attack settings ----------------------------------------------------------------
+@pytest.mark.parametrize("settings, needle", [
+    ({"nope": {}}, "attack_settings.nope: attack.name: unknown attack 'nope'; valid choices: badnets"),
+    ({"wanet": {"attack_train.epochs": 0}}, "attack_settings.wanet: attack_train.epochs must be >= 1"),
+    ({"wanet": {"defense.train.lr": 1.0}}, "attack_settings.wanet: key 'defense.train.lr' is not allowed"),
+    ({"wanet": {"attack.name": "sig"}}, "key 'attack.name' is not allowed"),
+    ({"wanet": {"attack.options": {"zz": 1}}}, "unknown key attack.options.zz for attack 'wanet'; valid keys: k"),
+    ({"wanet": 3}, "attack_settings.wanet must be a mapping"),
+])
+def test_bad_attack_settings(settings, needle):
+    assert needle in error_of({"attack_settings": settings})
+
+
+def test_attack_settings_apply_only_to_their_attack():
+    from ftsam.experiment import with_attack
+    cfg = from_dict({"attack_settings": {"wanet": {"attack_train.epochs": 7, "attack.options": {"s": 0.75}},
+                                         "sig": {"attack.poison_ratio": 0.05}}})
+    wanet = with_attack(cfg, "wanet")
+    assert wanet.attack.name == "wanet" and wanet.attack_train.epochs == 7 and wanet.attack.options == {"s": 0.75}
+    sig = with_attack(cfg, "sig")
+    assert sig.attack.poison_ratio == 0.05 and sig.attack_train.epochs == cfg.attack_train.epochs
+    badnets = with_attack(cfg, "badnets-a2a")
+    assert badnets.attack_train == cfg.attack_train and badnets.attack.poison_ratio == cfg.attack.poison_ratio
+    assert cfg.attack_train.epochs != 7      # the sections of the file itself are untouched
