@@ -15,7 +15,7 @@ from ftsam.attacks import Attack, PoisonedTestSet, PoisonedTrainSet, build_attac
 from ftsam.config import Config, ConfigError, DefenseConfig
 from ftsam.data import DatasetInfo, ImageSet, clean_subset, load_dataset
 from ftsam.defenses import build_defense
-from ftsam.io import load_json, load_model, save_json, save_model
+from ftsam.io import load_json, load_model, load_tensors, save_json, save_model, save_tensors
 from ftsam.metrics import accuracy, der, evaluate
 from ftsam.models import build_model
 from ftsam.train import fit, predict, resolve_device, seed_everything
@@ -108,7 +108,10 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
                    progress: bool | None = None, retrain: bool = False) -> AttackRun:
     """Poison the training set, train the victim model, and measure ACC/ASR/RA.
 
-    A model trained with the same config before is loaded from ``cache_dir`` instead."""
+    A model trained with the same config before is loaded from ``cache_dir`` instead. An
+    attack with trainable trigger networks (``attack.trainable``, e.g. Input-aware) is trained
+    with the model; its state is saved as ``attack.safetensors`` beside the model, and its
+    poisoned test set is made after training (or loading) from the trained networks."""
     device = resolve_device(device)
     train, test, info = load_dataset(cfg.data)
     attack = build_attack(cfg.attack, info)
@@ -116,20 +119,32 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
     attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources", key=clean_key(cfg),
                    device=device, clean_model=lambda: train_clean(cfg, cache_dir, device, progress))
     poisoned = attack.poison_trainset(train, cfg.seed)
-    test_bd = attack.poison_testset(test)
+    trainable = attack.trainable
+    test_bd = None if trainable else attack.poison_testset(test)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, info)
     model_file, result_file = run_dir / "model.safetensors", run_dir / "result.json"
-    if model_file.is_file() and result_file.is_file() and not retrain:
+    attack_file = run_dir / "attack.safetensors"
+    if model_file.is_file() and result_file.is_file() and (not trainable or attack_file.is_file()) and not retrain:
         load_model(model_file, model)
+        if trainable:
+            attack.load_state_tensors(load_tensors(attack_file))
+            test_bd = attack.poison_testset(test)
         result = load_json(result_file)
         model.to(device).eval()
     else:
         hook = attack.poison_batch if attack.on_the_fly else None
         state = run_dir / "train_state.safetensors"
+
+        def ev(m):   # a trainable attack's test set changes as its networks train
+            return evaluate(m, test, attack.poison_testset(test) if trainable else test_bd, device)
         fitted = fit(model, poisoned.data, cfg.attack_train, seed=cfg.seed, device=device, batch_hook=hook,
-                     evaluate=lambda m: evaluate(m, test, test_bd, device), checkpoint=state,
+                     evaluate=ev,
+                     checkpoint=state, trainable=attack if trainable else None,
                      desc=f"attack {cfg.attack.name}", progress=progress)
+        if trainable:
+            test_bd = attack.poison_testset(test)
+            save_tensors(attack_file, attack.state_tensors())
         result = {"config": cfg.to_dict(), "metrics": fitted.history[-1] | evaluate(model, test, test_bd, device),
                   "history": fitted.history, "poison_index": poisoned.poison_index.tolist()}
         save_model(model_file, model)

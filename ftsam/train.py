@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,26 @@ from ftsam.data import ImageSet
 from ftsam.sam import SAM, frozen_bn
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+class TrainableHook(Protocol):
+    """The trainable parts behind a ``batch_hook`` (an attack's trigger generator), which
+    ``fit`` trains together with the model.
+
+    - ``extra_loss()``: a term added to the loss of the batch the hook returned last (``None``: none).
+    - ``after_step(lr_factor)``: runs after the model's optimizer step; steps the hook's own
+      optimizers and clears their gradients. ``lr_factor`` is the model's current learning rate
+      over ``cfg.lr``, for optimizers that follow the model's schedule.
+    - ``state_tensors()`` / ``load_state_tensors(tensors)``: the hook's state, saved in and
+      restored from the checkpoint."""
+
+    def extra_loss(self) -> torch.Tensor | None: ...
+
+    def after_step(self, lr_factor: float) -> None: ...
+
+    def state_tensors(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -113,6 +133,7 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device
         sam: SAMConfig | None = None, l2_gamma: float = 0.0, batch_hook: BatchHook | None = None,
         evaluate: Callable[[nn.Module], dict] | None = None, checkpoint: str | Path | None = None,
         on_update: Callable[[int, int, nn.Module], None] | None = None,
+        trainable: TrainableHook | None = None,
         desc: str = "train", progress: bool | None = None) -> FitResult:
     """Train ``model`` on ``data`` for ``cfg.epochs`` epochs of SGD, FT-SAM when ``sam`` is set.
 
@@ -120,9 +141,14 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device
     poisons batches on the fly. ``evaluate(model)`` is called every ``cfg.eval_every`` epochs
     and after the last; its dict goes into the history. ``on_update(epoch, iteration, model)``
     sees the gradients the optimizer is about to use (for FT-SAM: those at w + eps). With ``checkpoint``, the state is
-    saved after each epoch (atomically) and a run finds and resumes it.
+    saved after each epoch (atomically) and a run finds and resumes it. ``trainable`` (see
+    :class:`TrainableHook`) is trained alongside the model (the batches ``batch_hook`` returns may
+    keep a graph to it); its state is part of the checkpoint. Not with ``sam``.
     ``progress=None`` shows a tqdm bar only in a terminal."""
     from ftsam.checkpoint import load_train_state, save_train_state
+    if trainable is not None and sam is not None:
+        raise ValueError("fit: a trainable batch hook cannot be combined with SAM (its second pass "
+                         "would backpropagate through the hook's graph again)")
     device = torch.device(device)
     model.to(device)
     if device.type == "cuda":
@@ -135,7 +161,8 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device
     minimizer = SAM(opt, model, sam.rho, sam.eta, sam.adaptive, sam.perturb) if sam else None
     result, start = FitResult(), 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        start, result.history = load_train_state(checkpoint, model, opt)
+        start, result.history = load_train_state(checkpoint, model, opt,
+                                                 trainable.load_state_tensors if trainable is not None else None)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def loss_fn(xb, yb):
@@ -163,12 +190,16 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
             loss = loss_fn(xb, yb)
+            if trainable is not None and (extra := trainable.extra_loss()) is not None:
+                loss = loss + extra
             loss.backward()
             if minimizer is None:
                 if on_update is not None:
                     on_update(epoch, it, model)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                if trainable is not None:
+                    trainable.after_step(opt.param_groups[0]["lr"] / cfg.lr if cfg.lr else 1.0)
             else:
                 minimizer.ascent_step()
                 with frozen_bn(model):
@@ -183,7 +214,8 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device
             bar.set_postfix({k: round(v, 2) for k, v in row.items() if isinstance(v, float)})
         result.history.append(row)
         if checkpoint is not None:
-            save_train_state(checkpoint, model, opt, epoch + 1, result.history)
+            save_train_state(checkpoint, model, opt, epoch + 1, result.history,
+                             trainable.state_tensors() if trainable is not None else None)
     bar.close()
     model.eval()
     return result

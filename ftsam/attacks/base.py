@@ -8,6 +8,13 @@ Attacks that poison a fixed set of samples before training (BadNets, Blended, ..
 :meth:`trigger`; :meth:`poison_trainset` does the rest. Attacks that poison inside the
 training loop (WaNet, Input-aware) set ``on_the_fly = True`` and override
 :meth:`poison_batch`, which the training loop calls on every augmented batch.
+
+Attacks whose trigger has networks trained together with the victim (Input-aware's generator)
+also set ``trainable = True``: their :meth:`poison_batch` may return a batch that keeps the
+autograd graph to those networks, and the training loop (:func:`ftsam.train.fit`, argument
+``trainable``) adds :meth:`extra_loss` to the loss, calls :meth:`after_step` after the
+model's optimizer step, and keeps :meth:`state_tensors` in its checkpoint; the experiment
+pipeline saves them beside the trained model so a cached run regenerates its test set.
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ class Attack:
     title: ClassVar[str]                 # as the paper's tables write it
     clean_label: ClassVar[bool] = False   # poison only target-class samples and keep their labels
     on_the_fly: ClassVar[bool] = False    # poisons inside the training loop
+    trainable: ClassVar[bool] = False     # has trigger networks trained with the victim
 
     @dataclass(frozen=True)
     class Options:
@@ -142,3 +150,22 @@ class Attack:
     def poison_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
         """On-the-fly poisoning of a float training batch; identity for fixed-set attacks."""
         return x, y
+
+    # ---- trainable trigger networks (``trainable = True``); no-ops otherwise ---------------
+    def extra_loss(self) -> torch.Tensor | None:
+        """A loss term of the batch :meth:`poison_batch` returned last (e.g. Input-aware's
+        diversity loss), added to the model's loss; ``None`` for none. Read once per batch."""
+        return None
+
+    def after_step(self, lr_factor: float = 1.0) -> None:
+        """Called by the training loop after the model's optimizer step: step the attack's own
+        optimizers and clear their gradients. ``lr_factor`` is the model's learning rate at this
+        step over its base rate, for optimizers that follow the model's schedule."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything trained or stateful in the attack (networks, their optimizers), for the
+        training checkpoint and the cached run."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned (after :meth:`prepare`)."""
