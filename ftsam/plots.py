@@ -55,6 +55,26 @@ def clean_vs_triggered(runs: dict, n: int = 6):
     return fig
 
 
+def attack_gallery(runs: dict, n: int = 2):
+    """One column per attack: ``n`` test images that the attack should flip, each clean, triggered,
+    and the difference amplified to the full range (so an invisible trigger shows)."""
+    fig, axes = plt.subplots(3 * n, len(runs), figsize=(1.25 * len(runs), 1.3 * 3 * n), squeeze=False)
+    for c, (label, run) in enumerate(runs.items()):
+        keep = (run.attack.target_of(run.test.y) != run.test.y).nonzero().flatten()[:n]
+        clean, bd = run.test.x[keep], run.test_bd.x[:len(keep)]
+        for j in range(len(keep)):
+            diff = (bd[j].float() - clean[j].float()).abs()
+            _show(axes[3 * j, c], clean[j])
+            _show(axes[3 * j + 1, c], bd[j])
+            _show(axes[3 * j + 2, c], (diff / diff.amax().clamp(min=1)).clamp(0, 1))
+        axes[0, c].set_title(label, fontsize=7)
+    for j in range(n):
+        for k, name in enumerate(("clean", "triggered", "|diff|, scaled")):
+            axes[3 * j + k, 0].set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def defense_curves(results: dict[str, dict], metrics=("asr", "acc")):
     """ASR and ACC per fine-tuning epoch; one column per attack, one line per defense.
     ``results[attack][defense]`` is a :class:`ftsam.experiment.DefenseRun`."""
