@@ -11,19 +11,16 @@ from ftsam.attacks import build_attack
 from ftsam.config import AttackConfig, ConfigError
 from ftsam.data import DatasetInfo, ImageSet
 
+import synthetic                      # tests/synthetic.py
+from synthetic import images
+
 
 def info(channels=3, size=32, classes=10) -> DatasetInfo:
-    return DatasetInfo("test", channels, size, classes, (0.5,) * channels, (0.5,) * channels)
-
-
-def images(n, channels, size, seed=0, lo=0, hi=256) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(lo, hi, (n, channels, size, size), dtype=torch.uint8, generator=g)
+    return synthetic.info(channels, size, classes)
 
 
 def imageset(n=200, classes=10, channels=3, size=16, seed=0) -> ImageSet:
-    g = torch.Generator().manual_seed(seed + 1)
-    return ImageSet(images(n, channels, size, seed), torch.randint(0, classes, (n,), generator=g))
+    return synthetic.imageset(n, classes, channels, size, seed)
 
 
 # ---- SIG -------------------------------------------------------------------------------
