@@ -131,9 +131,8 @@ def test_lf_adds_delta_up_to_clipping_and_rounding(channels, size):
     assert (out - want).abs().max() <= 0.5 + 1e-6
 
 
-def test_lf_poisons_non_target_samples_and_relabels():
-    attack = prepared_lf(target=0)
-    train = imageset(200, seed=3)
+def check_all2one_poisoning(attack, train):
+    """10% of ``train``, none of target 0, triggered and relabelled 0; the rest untouched."""
     p = attack.poison_trainset(train, seed=1)
     idx = p.poison_index
     assert len(idx) == 20 and (train.y[idx] != 0).all() and (p.data.y[idx] == 0).all()
@@ -141,6 +140,11 @@ def test_lf_poisons_non_target_samples_and_relabels():
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[idx] = False
     assert torch.equal(p.data.x[rest], train.x[rest]) and torch.equal(p.data.y[rest], train.y[rest])
+
+
+def test_lf_poisons_non_target_samples_and_relabels():
+    attack = prepared_lf(target=0)
+    check_all2one_poisoning(attack, imageset(200, seed=3))
     bd = build_attack(AttackConfig(name="lf", mode="all2all", options=FAST_LF), info())
     bd.delta = attack.delta
     t = bd.poison_testset(imageset(50, seed=5))
@@ -296,10 +300,7 @@ def test_trojan_bad_layer_names_the_key():
 def test_trojan_poisons_and_relabels_all2one_and_all2all():
     attack = prepared_trojan(target=0)
     train = imageset(200, seed=3)
-    p = attack.poison_trainset(train, seed=1)
-    idx = p.poison_index
-    assert len(idx) == 20 and (train.y[idx] != 0).all() and (p.data.y[idx] == 0).all()
-    assert torch.equal(p.data.x[idx], attack.apply(train.x[idx]))
+    check_all2one_poisoning(attack, train)
     a2a = trojan(mode="all2all")
     a2a.pattern = attack.pattern
     q = a2a.poison_trainset(train, seed=1)
