@@ -19,6 +19,13 @@ from typing import Any, Literal
 import yaml
 
 
+def stable_hash(obj) -> str:
+    """A short hash of a JSON-able object, independent of key order: the cache key of runs
+    (:meth:`Config.digest`) and of generated attack resources (:meth:`Attack.resource_path`)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 class ConfigError(ValueError):
     """A params file or override that does not describe a valid experiment."""
 
@@ -190,8 +197,7 @@ class Config:
         d = self.to_dict()
         if sections:
             d = {k: d[k] for k in sections}
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return stable_hash(d)
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> "Config":
         d = self.to_dict()

@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
-from ftsam.config import AttackConfig, ConfigError, _coerce
+from ftsam.config import AttackConfig, ConfigError, _coerce, stable_hash
 from ftsam.data import DatasetInfo, ImageSet
 
 
@@ -103,6 +104,14 @@ class Attack:
         the clean data, built and cached on first call). Cache them under ``cache_dir`` by a
         hash of ``key`` (which identifies the data and clean model) and the attack's options.
         Nothing for attacks whose trigger is fixed."""
+
+    def resource_path(self, cache_dir, inputs: dict, tag: str = "") -> Path | None:
+        """Where :meth:`prepare` caches a generated resource: ``cache_dir/<tag>-<hash>.safetensors``
+        with the hash of ``inputs`` (everything the resource depends on) and ``tag`` the attack's
+        name by default; ``None`` when there is no cache."""
+        if cache_dir is None:
+            return None
+        return Path(cache_dir) / f"{tag or self.name}-{stable_hash(inputs)}.safetensors"
 
     # ---- poisoning ---------------------------------------------------------------------
     def apply(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,10 +21,7 @@ adversarial perturbation, then stamped with a corner pattern; their labels stay 
 dataset``); with ``ratio_of: target_class`` it counts the target-class samples."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -95,15 +92,14 @@ class CLA(Attack):
         return (x + self.opts.amplitude * self.pattern.to(x.device, x.dtype)).clamp(0.0, 1.0)
 
     # ---- the generated resource: PGD-perturbed target-class images --------------------
-    def resource_name(self, key: str) -> str:
+    def resource_inputs(self, key: str) -> dict:
         o = self.opts
-        blob = json.dumps({"key": key, "target": self.cfg.target, "eps": o.eps, "steps": o.steps,
-                           "step_size": o.step_size, "version": 1}, sort_keys=True).encode()
-        return f"cla-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
+        return {"key": key, "target": self.cfg.target, "eps": o.eps, "steps": o.steps,
+                "step_size": o.step_size, "version": 1}
 
     def prepare(self, train, *, seed, cache_dir, key, device="cpu", clean_model=None):
         index = (train.y == self.cfg.target).nonzero().flatten()
-        path = Path(cache_dir) / self.resource_name(key) if cache_dir is not None else None
+        path = self.resource_path(cache_dir, self.resource_inputs(key))
         if path is not None and path.is_file():
             t = load_tensors(path)
             if torch.equal(t["index"], index):

@@ -53,10 +53,7 @@ networks in eval mode and quantised to uint8.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -216,15 +213,13 @@ class InputAware(Attack):
         return self.cross_trigger(x, x)
 
     # ---- stage 1: the mask network -------------------------------------------------------
-    def resource_name(self, key: str, seed: int) -> str:
+    def resource_inputs(self, key: str, seed: int) -> dict:
         o = self.opts
-        blob = json.dumps({"key": key, "seed": seed, "channels": self.channels, "steps": self.steps,
-                           "image": [self.info.channels, self.info.size, list(self.info.mean), list(self.info.std)],
-                           "lambda_div": o.lambda_div, "lambda_norm": o.lambda_norm,
-                           "mask_density": o.mask_density, "mask_epochs": o.mask_epochs,
-                           "mask_batch_size": o.mask_batch_size, "lr_m": o.lr_m, "eps": o.eps, "version": 1},
-                          sort_keys=True).encode()
-        return f"input_aware-mask-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
+        return {"key": key, "seed": seed, "channels": self.channels, "steps": self.steps,
+                "image": [self.info.channels, self.info.size, list(self.info.mean), list(self.info.std)],
+                "lambda_div": o.lambda_div, "lambda_norm": o.lambda_norm, "mask_density": o.mask_density,
+                "mask_epochs": o.mask_epochs, "mask_batch_size": o.mask_batch_size, "lr_m": o.lr_m,
+                "eps": o.eps, "version": 1}
 
     def prepare(self, train, *, seed, cache_dir, key, device="cpu", clean_model=None):
         device = torch.device(device)
@@ -234,7 +229,7 @@ class InputAware(Attack):
         self.netG, self.netM = netG.to(device), netM.to(device)
         self.opt_g = torch.optim.Adam(self.netG.parameters(), self.opts.lr_g, betas=(0.5, 0.9))
         self._extra = None
-        path = Path(cache_dir) / self.resource_name(key, seed) if cache_dir is not None else None
+        path = self.resource_path(cache_dir, self.resource_inputs(key, seed), tag="input_aware-mask")
         if path is not None and path.is_file():
             self.netM.load_state_dict(load_tensors(path))
         else:

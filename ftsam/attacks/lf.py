@@ -43,11 +43,8 @@ hash of (key, target, seed, the generation options, version); ``poison_ratio`` c
 whole training set."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -141,17 +138,15 @@ class LF(Attack):
         return v * (eps / size) if size > eps else v
 
     # ---- the generated resource ----------------------------------------------------------
-    def resource_name(self, key: str, seed: int) -> str:
+    def resource_inputs(self, key: str, seed: int) -> dict:
         o = self.opts
-        blob = json.dumps({"key": key, "target": self.cfg.target, "seed": seed, "eps": o.eps, "norm": o.norm,
-                           "freq_cut": o.freq_cut, "images": o.images, "passes": o.passes,
-                           "fooling_rate": o.fooling_rate, "overshoot": o.overshoot,
-                           "deepfool_steps": o.deepfool_steps, "version": 1}, sort_keys=True).encode()
-        return f"lf-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
+        return {"key": key, "target": self.cfg.target, "seed": seed, "eps": o.eps, "norm": o.norm,
+                "freq_cut": o.freq_cut, "images": o.images, "passes": o.passes, "fooling_rate": o.fooling_rate,
+                "overshoot": o.overshoot, "deepfool_steps": o.deepfool_steps, "version": 1}
 
     def prepare(self, train, *, seed, cache_dir, key, device="cpu", clean_model=None):
         shape = (self.info.channels, self.info.size, self.info.size)
-        path = Path(cache_dir) / self.resource_name(key, seed) if cache_dir is not None else None
+        path = self.resource_path(cache_dir, self.resource_inputs(key, seed))
         if path is not None and path.is_file():
             t = load_tensors(path)
             if tuple(t["delta"].shape) == shape:

@@ -40,14 +40,13 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from ftsam.attacks.base import Attack, to_float, to_uint8
+from ftsam.attacks.base import Attack, to_float
 from ftsam.config import ConfigError
 from ftsam.io import load_tensors, save_tensors
 
@@ -214,13 +213,10 @@ class SSBA(Attack):
         return float((bits == self.secret.to(bits.device)).float().mean()) if len(bits) else float("nan")
 
     # ---- the generated resource --------------------------------------------------------------
-    def resource_name(self, key: str, train, seed: int) -> str:
-        n = len(train)
-        sample = train.x[:: max(1, n // 512)].contiguous()
-        blob = json.dumps({"key": key, "seed": seed, "options": asdict(self.opts), "version": VERSION,
-                           "shape": list(train.x.shape),
-                           "data": hashlib.sha256(sample.numpy().tobytes()).hexdigest()}, sort_keys=True).encode()
-        return f"ssba-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
+    def resource_inputs(self, key: str, train, seed: int) -> dict:
+        sample = train.x[:: max(1, len(train) // 512)].contiguous()
+        return {"key": key, "seed": seed, "options": asdict(self.opts), "version": VERSION,
+                "shape": list(train.x.shape), "data": hashlib.sha256(sample.numpy().tobytes()).hexdigest()}
 
     def split(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(training, held-out) indices of the encoder's data."""
@@ -231,7 +227,7 @@ class SSBA(Attack):
     def prepare(self, train, *, seed, cache_dir, key, device="cpu", clean_model=None):
         self.secret = self.make_secret(self.opts.bits, seed)
         self.encoder, self.decoder = self.build_networks()
-        path = Path(cache_dir) / self.resource_name(key, train, seed) if cache_dir is not None else None
+        path = self.resource_path(cache_dir, self.resource_inputs(key, train, seed))
         if path is not None and path.is_file():
             t = load_tensors(path)
             self.encoder.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("encoder.")})

@@ -41,10 +41,7 @@ by a hash of (key, seed, the generation options, version); the target label does
 (nor the hash), since the trigger does not depend on it."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -143,18 +140,15 @@ class Trojan(Attack):
         return a.flatten(2).mean(2) if a.ndim > 2 else a
 
     # ---- the generated resource ----------------------------------------------------------
-    def resource_name(self, key: str, seed: int) -> str:
+    def resource_inputs(self, key: str, seed: int) -> dict:
         o = self.opts
-        blob = json.dumps({"key": key, "seed": seed, "size": self.info.size, "patch": self.patch_size,
-                           "layer": o.layer, "neurons": o.neurons, "target_value": o.target_value,
-                           "steps": o.steps, "lr": o.lr, "background": o.background,
-                           "images": o.images if o.background == "train" else None, "version": 1},
-                          sort_keys=True).encode()
-        return f"trojan-{hashlib.sha256(blob).hexdigest()[:16]}.safetensors"
+        return {"key": key, "seed": seed, "size": self.info.size, "patch": self.patch_size, "layer": o.layer,
+                "neurons": o.neurons, "target_value": o.target_value, "steps": o.steps, "lr": o.lr,
+                "background": o.background, "images": o.images if o.background == "train" else None, "version": 1}
 
     def prepare(self, train, *, seed, cache_dir, key, device="cpu", clean_model=None):
         shape = (self.info.channels, self.info.size, self.info.size)
-        path = Path(cache_dir) / self.resource_name(key, seed) if cache_dir is not None else None
+        path = self.resource_path(cache_dir, self.resource_inputs(key, seed))
         if path is not None and path.is_file():
             t = load_tensors(path)
             if tuple(t["pattern"].shape) == shape:
