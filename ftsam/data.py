@@ -11,7 +11,6 @@ Tiny ImageNet are read from their own on-disk formats under ``data.root``.
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 import struct
 from dataclasses import dataclass

@@ -3,7 +3,6 @@ the paper-style ones) PDF, is not blank, and was written by the notebook that cl
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
