@@ -50,6 +50,14 @@ class DefenseRun:
 MODE_SUFFIX = {"a2o": "all2one", "a2a": "all2all"}
 
 
+def last_evaluation(history: list[dict], evaluate, model: nn.Module) -> dict:
+    """ACC/ASR/RA of the trained ``model``: those of ``fit``'s evaluation after its last epoch
+    (same weights, so the same numbers), or ``evaluate(model)`` when the history has none."""
+    last = history[-1] if history else {}
+    keys = ("acc", "asr", "ra")
+    return {k: last[k] for k in keys} if all(k in last for k in keys) else evaluate(model)
+
+
 def with_attack(cfg: Config, spec: str) -> Config:
     """``cfg`` with the attack named by ``spec``: a name ("blended"), optionally with the
     target mapping ("badnets-a2a", "badnets-a2o"). Options in the params file are kept
@@ -145,7 +153,8 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
         if trainable:
             test_bd = attack.poison_testset(test)
             save_tensors(attack_file, attack.state_tensors())
-        result = {"config": cfg.to_dict(), "metrics": fitted.history[-1] | evaluate(model, test, test_bd, device),
+        final = last_evaluation(fitted.history, lambda m: evaluate(m, test, test_bd, device), model)
+        result = {"config": cfg.to_dict(), "metrics": fitted.history[-1] | final,
                   "history": fitted.history, "poison_index": poisoned.poison_index.tolist()}
         save_model(model_file, model)
         save_json(result_file, result)
@@ -179,8 +188,7 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
         state = out_dir / "train_state.safetensors"
         fitted = impl.run(model, run.clean_train.subset(idx), seed=cfg.seed, device=run.device, evaluate=ev,
                           checkpoint=None if on_update else state, progress=progress, on_update=on_update)
-        last = fitted.history[-1] if fitted.history else {}
-        final = {k: last[k] for k in ("acc", "asr", "ra")} if all(k in last for k in ("acc", "asr", "ra")) else ev(model)
+        final = last_evaluation(fitted.history, ev, model)
         final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
         history = [{"epoch": 0, **run.metrics}] + fitted.history
         result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final,
