@@ -41,10 +41,14 @@ class DataConfig:
     root: str = "data"          # where real datasets live (CIFAR-10, GTSRB, Tiny ImageNet, Fashion-MNIST)
     image_size: int = 0         # 0: the dataset's native size (digits: 8 is upsampled to this if set)
     download: bool = False      # allow torchvision to download (never on by default)
+    train_per_class: int = 0    # keep at most this many training images of each class (0: all)
+    test_per_class: int = 0     # the same for the test set (0: all)
 
     def check(self) -> None:
         _choice("data.name", self.name, DATASETS)
         _range("data.image_size", self.image_size, lo=0)
+        _range("data.train_per_class", self.train_per_class, lo=0)
+        _range("data.test_per_class", self.test_per_class, lo=0)
 
 
 @dataclass(frozen=True)

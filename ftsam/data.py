@@ -80,6 +80,10 @@ def load_dataset(cfg: DataConfig) -> tuple[ImageSet, ImageSet, DatasetInfo]:
     loader = {"digits": _digits, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10,
               "gtsrb": _gtsrb, "tiny_imagenet": _tiny_imagenet}[cfg.name]
     train, test = loader(root, cfg.download) if cfg.name != "digits" else loader()
+    if cfg.train_per_class:
+        train = per_class_subset(train, cfg.train_per_class, seed=SUBSET_SEED)
+    if cfg.test_per_class:
+        test = per_class_subset(test, cfg.test_per_class, seed=SUBSET_SEED + 1)
     c, size, classes = NATIVE[cfg.name]
     if cfg.image_size and cfg.image_size != train.x.shape[-1]:
         train, test = resize(train, cfg.image_size), resize(test, cfg.image_size)
@@ -93,6 +97,25 @@ def resize(s: ImageSet, size: int) -> ImageSet:
     return ImageSet(x.round().clamp(0, 255).to(torch.uint8), s.y)
 
 
+SUBSET_SEED = 12345  # the per-class subsets are fixed, independent of the experiment seed
+
+
+def per_class_subset(s: ImageSet, n: int, seed: int) -> ImageSet:
+    """At most ``n`` images of every class, drawn with a fixed seed, in their original order
+    (``data.train_per_class`` / ``data.test_per_class``: a smaller, balanced copy of a
+    large dataset for quick runs on a CPU)."""
+    return s.subset(per_class_indices(s.y, n, torch.Generator().manual_seed(seed)))
+
+
+def per_class_indices(y: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """Sorted indices of at most ``n`` random samples of every class, drawn from ``g``."""
+    picks = []
+    for c in torch.unique(y).tolist():
+        idx = (y == c).nonzero().flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+    return torch.cat(picks).sort().values
+
+
 def clean_subset(train: ImageSet, ratio: float, seed: int, balanced: bool = True) -> torch.Tensor:
     """Indices of the defender's clean data: ``ratio`` of the training set.
 
@@ -104,13 +127,7 @@ def clean_subset(train: ImageSet, ratio: float, seed: int, balanced: bool = True
     n = max(1, int(round(ratio * len(train))))
     if not balanced:
         return torch.randperm(len(train), generator=g)[:n].sort().values
-    classes = torch.unique(train.y)
-    per = max(1, n // len(classes))
-    picks = []
-    for c in classes.tolist():
-        idx = (train.y == c).nonzero().flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:per]])
-    return torch.cat(picks).sort().values
+    return per_class_indices(train.y, max(1, n // len(torch.unique(train.y))), g)
 
 
 # ---- digits (scikit-learn, always offline) ---------------------------------------------

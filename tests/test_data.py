@@ -426,3 +426,33 @@ def test_clean_subset_uniform():
 def test_clean_subset_bad_ratio(ratio):
     with pytest.raises(ValueError, match="ratio"):
         clean_subset(_labels([10, 10]), ratio, seed=0)
+
+
+# ---- per-class subsets (data.train_per_class / data.test_per_class) -----------------------
+def test_per_class_subset_of_a_real_loader():
+    full_train, full_test, _ = load("digits", "unused")
+    train, test, _ = load("digits", "unused", train_per_class=20, test_per_class=5)
+    assert torch.bincount(train.y, minlength=10).tolist() == [20] * 10
+    assert torch.bincount(test.y, minlength=10).tolist() == [5] * 10
+    # every kept image is one of the originals with its own label, in the original order
+    rows = {bytes(x.numpy()): int(y) for x, y in zip(full_train.x, full_train.y)}
+    assert all(rows[bytes(x.numpy())] == int(y) for x, y in zip(train.x, train.y))
+    pos = [next(i for i in range(len(full_train)) if torch.equal(full_train.x[i], x)) for x in train.x[:30]]
+    assert pos == sorted(pos)
+    # fixed: the same subset every time, whatever the global seed
+    torch.manual_seed(99)
+    again, _, _ = load("digits", "unused", train_per_class=20, test_per_class=5)
+    assert torch.equal(again.x, train.x) and torch.equal(again.y, train.y)
+
+
+def test_per_class_subset_keeps_small_classes_whole():
+    s = _labels([100, 60, 200, 40])
+    sub = data.per_class_subset(s, 50, seed=0)
+    assert torch.bincount(sub.y, minlength=4).tolist() == [50, 50, 50, 40]
+    full, _, _ = load("digits", "unused")
+    assert len(load("digits", "unused", train_per_class=0)[0]) == len(full)   # 0 keeps everything
+
+
+def test_per_class_subset_rejects_negative():
+    with pytest.raises(ConfigError, match="data.train_per_class"):
+        DataConfig(train_per_class=-1).check()
