@@ -198,3 +198,42 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
         state.unlink(missing_ok=True)
     model.eval()
     return DefenseRun(defense, impl.title, result["metrics"], result["history"], result["clean_index"], model)
+
+
+@dataclass
+class AttackTable:
+    """Every attack of a list on one setting: the backdoored runs, FT and FT-SAM against each,
+    and the clean model's ACC they are measured against (what notebook 09 prints and checks)."""
+    cfg: Config
+    specs: dict                        # label -> config with the attack and its attack_settings
+    runs: dict                         # label -> AttackRun
+    results: dict                      # label -> {defense name: DefenseRun}
+    clean_acc: float
+
+    def status(self, implant_asr: float = 85.0, implant_acc_gap: float = 3.0,
+               removed_asr: float = 10.0, removed_acc_loss: float = 5.0) -> dict:
+        """Per attack: ``implanted`` (ASR >= implant_asr with ACC within implant_acc_gap points of
+        the clean model) and ``removed`` (FT-SAM to ASR <= removed_asr losing at most
+        removed_acc_loss points of the backdoored model's ACC): issue 3's bounds by default."""
+        out = {}
+        for label, run in self.runs.items():
+            bd, sam = run.metrics, self.results[label]["ft_sam"].metrics
+            out[label] = {"implanted": bd["asr"] >= implant_asr and self.clean_acc - bd["acc"] <= implant_acc_gap,
+                          "removed": sam["asr"] <= removed_asr and bd["acc"] - sam["acc"] <= removed_acc_loss}
+        return out
+
+
+def attack_table(cfg: Config, attacks: list[str], cache_dir: str | Path = "runs", device: str = "auto",
+                 defenses: tuple[str, ...] = ("ft", "ft_sam")) -> AttackTable:
+    """Train (or reuse) each attack of ``attacks`` on ``cfg`` with its ``attack_settings``, a
+    clean model of the same setting, and apply each of ``defenses`` to every backdoored model."""
+    specs = {}
+    for spec in attacks:
+        c = with_attack(cfg, spec)
+        specs[attack_label(c)] = c
+    runs = {label: train_backdoor(c, cache_dir=cache_dir, device=device) for label, c in specs.items()}
+    clean_model = train_clean(cfg, cache_dir=cache_dir, device=device)
+    any_run = next(iter(runs.values()))
+    clean_acc = accuracy(predict(clean_model, any_run.test.x, device=any_run.device), any_run.test.y)
+    results = {label: {d: defend(run, d) for d in defenses} for label, run in runs.items()}
+    return AttackTable(cfg, specs, runs, results, clean_acc)
