@@ -6,7 +6,7 @@ PARAMS  ?=
 DEVICE  ?= auto
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: all install figures notebooks test unit nbval bench clean
+.PHONY: all install datasets figures notebooks test unit nbval bench clean
 
 all: test
 
@@ -18,21 +18,29 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Fashion-MNIST from Debian's dataset-fashion-mnist: the clean-label rows of notebook 09 and the
+# real-data loader test use it (apt-get as root, else through sudo).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+datasets:
+	@test -d $(FASHION_MNIST) || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; } \
+	  || echo "warning: could not install dataset-fashion-mnist (notebook 09 needs it)"
+
 ## Regenerate every figure into figures/ (PARAMS=params/X.yaml for another setting, DEVICE=cuda for a GPU).
-figures: install
+figures: install datasets
 	$(PY) -m ftsam.batch --device $(DEVICE) $(if $(PARAMS),--params $(PARAMS))
 
 ## Refresh the committed notebooks' outputs (the references nbval compares against).
-notebooks: install
+notebooks: install datasets
 	$(PY) -m ftsam.batch --inplace
 
 ## Unit tests, then every notebook rerun and compared with its committed outputs.
-test: install unit nbval
+test: install datasets unit nbval
 
 unit: install
 	$(PY) -m pytest -q tests
 
-nbval: install
+nbval: install datasets
 	$(PY) -m pytest -q --nbval --nbval-cell-timeout=900 $(NOTEBOOKS)
 
 ## Benchmarks (not tests): writes BENCHMARKS.md (THREADS=n pins torch's threads).
