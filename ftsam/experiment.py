@@ -205,8 +205,7 @@ class AttackTable:
     """Every attack of a list on one setting: the backdoored runs, FT and FT-SAM against each,
     and the clean model's ACC they are measured against (what notebook 09 prints and checks)."""
     cfg: Config
-    specs: dict                        # label -> config with the attack and its attack_settings
-    runs: dict                         # label -> AttackRun
+    runs: dict                         # label -> AttackRun (its cfg: the attack with its attack_settings)
     results: dict                      # label -> {defense name: DefenseRun}
     clean_acc: float
 
@@ -227,13 +226,10 @@ def attack_table(cfg: Config, attacks: list[str], cache_dir: str | Path = "runs"
                  defenses: tuple[str, ...] = ("ft", "ft_sam")) -> AttackTable:
     """Train (or reuse) each attack of ``attacks`` on ``cfg`` with its ``attack_settings``, a
     clean model of the same setting, and apply each of ``defenses`` to every backdoored model."""
-    specs = {}
-    for spec in attacks:
-        c = with_attack(cfg, spec)
-        specs[attack_label(c)] = c
-    runs = {label: train_backdoor(c, cache_dir=cache_dir, device=device) for label, c in specs.items()}
+    configs = [with_attack(cfg, spec) for spec in attacks]
+    runs = {attack_label(c): train_backdoor(c, cache_dir=cache_dir, device=device) for c in configs}
     clean_model = train_clean(cfg, cache_dir=cache_dir, device=device)
     any_run = next(iter(runs.values()))
     clean_acc = accuracy(predict(clean_model, any_run.test.x, device=any_run.device), any_run.test.y)
     results = {label: {d: defend(run, d) for d in defenses} for label, run in runs.items()}
-    return AttackTable(cfg, specs, runs, results, clean_acc)
+    return AttackTable(cfg, runs, results, clean_acc)

@@ -11,7 +11,7 @@ from ftsam.config import from_dict
 
 def fake_table(bd: dict, sam: dict, clean_acc: float) -> experiment.AttackTable:
     run = SimpleNamespace(metrics=bd)
-    return experiment.AttackTable(cfg=None, specs={"a": None}, runs={"a": run},
+    return experiment.AttackTable(cfg=None, runs={"a": run},
                                   results={"a": {"ft_sam": SimpleNamespace(metrics=sam)}}, clean_acc=clean_acc)
 
 
@@ -40,9 +40,9 @@ def test_attack_table_on_a_tiny_setting(tmp_path, monkeypatch):
                      "attack_settings": {"sig": {"attack.poison_ratio": 0.05}},
                      "defense": {"clean_ratio": 0.5, "train": {"epochs": 1, "batch_size": 32}}})
     t = experiment.attack_table(cfg, ["badnets-a2o", "badnets-a2a", "sig"], cache_dir=tmp_path, device="cpu")
-    assert list(t.runs) == list(t.specs) == list(t.results) == ["BadNets-A2O", "BadNets-A2A", "SIG"]
-    assert t.specs["SIG"].attack.poison_ratio == 0.05            # the attack's own settings applied
-    assert t.specs["BadNets-A2A"].attack.mode == "all2all"
+    assert list(t.runs) == list(t.results) == ["BadNets-A2O", "BadNets-A2A", "SIG"]
+    assert t.runs["SIG"].cfg.attack.poison_ratio == 0.05          # the attack's own settings applied
+    assert t.runs["BadNets-A2A"].cfg.attack.mode == "all2all"
     assert all(set(r) == {"ft", "ft_sam"} for r in t.results.values())
     assert len(t.runs["SIG"].test) == 100 and 0.0 <= t.clean_acc <= 100.0
     assert set(t.status()) == set(t.runs)
