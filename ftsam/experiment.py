@@ -221,6 +221,12 @@ class AttackTable:
                           "removed": sam["asr"] <= removed_asr and bd["acc"] - sam["acc"] <= removed_acc_loss}
         return out
 
+    def summary(self) -> dict:
+        """The table's metrics as plain data (what notebook 09 writes to its results JSON)."""
+        return {label: {"backdoored": run.metrics, "clean_acc": self.clean_acc,
+                        **{name: r.metrics for name, r in self.results[label].items()}}
+                for label, run in self.runs.items()}
+
 
 def attack_table(cfg: Config, attacks: list[str], cache_dir: str | Path = "runs", device: str = "auto",
                  defenses: tuple[str, ...] = ("ft", "ft_sam")) -> AttackTable:

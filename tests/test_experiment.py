@@ -53,3 +53,9 @@ def test_attack_table_on_a_tiny_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "fit", no_training)
     again = experiment.attack_table(cfg, ["sig"], cache_dir=tmp_path, device="cpu")
     assert again.runs["SIG"].metrics == t.runs["SIG"].metrics and again.clean_acc == t.clean_acc
+
+
+def test_summary_is_plain_data():
+    t = fake_table({"acc": 99.0, "asr": 98.0}, {"acc": 98.0, "asr": 1.0}, 100.0)
+    assert t.summary() == {"a": {"backdoored": {"acc": 99.0, "asr": 98.0}, "clean_acc": 100.0,
+                                 "ft_sam": {"acc": 98.0, "asr": 1.0}}}
