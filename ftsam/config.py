@@ -45,7 +45,8 @@ class DataConfig:
     test_per_class: int = 0     # the same for the test set (0: all)
 
     def check(self) -> None:
-        _choice("data.name", self.name, DATASETS)
+        from ftsam.datasets_byo import dataset_names   # late import: built-in, folder, arrays, registered
+        _choice("data.name", self.name, dataset_names())
         _range("data.image_size", self.image_size, lo=0)
         _range("data.train_per_class", self.train_per_class, lo=0)
         _range("data.test_per_class", self.test_per_class, lo=0)

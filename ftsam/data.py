@@ -33,6 +33,7 @@ class DatasetInfo:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    fingerprint: str = ""       # of the source files (names, sizes, mtimes): part of every cache key
 
 
 @dataclass
@@ -74,8 +75,9 @@ class DatasetNotFound(FileNotFoundError):
 
 def load_dataset(cfg: DataConfig) -> tuple[ImageSet, ImageSet, DatasetInfo]:
     """Load ``cfg.name`` as uint8 tensors, resized to ``cfg.image_size`` when that is set."""
-    if cfg.name not in DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {cfg.name!r}; valid choices: {', '.join(DATASETS)}")
+    if cfg.name not in DATASETS:   # a dataset the user brings (folder, arrays, registered): ftsam.datasets_byo
+        from ftsam.datasets_byo import load_byo
+        return load_byo(cfg)
     root = Path(cfg.root)
     loader = {"digits": _digits, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10,
               "gtsrb": _gtsrb, "tiny_imagenet": _tiny_imagenet}[cfg.name]

@@ -83,12 +83,25 @@ def attack_label(cfg: Config) -> str:
     return f"{title}-{'A2O' if cfg.attack.mode == 'all2one' else 'A2A'}" if cfg.attack.name == "badnets" else title
 
 
-def attack_key(cfg: Config) -> str:
-    return f"{cfg.data.name}-{cfg.model.name}-{cfg.attack.name}-{cfg.digest('seed', 'data', 'model', 'attack', 'attack_train')}"
+def attack_key(cfg: Config, info: DatasetInfo | None = None) -> str:
+    return f"{cfg.data.name}-{cfg.model.name}-{cfg.attack.name}-{cfg.digest('seed', 'data', 'model', 'attack', 'attack_train')}" \
+        + _content_key(cfg, info)
 
 
-def clean_key(cfg: Config) -> str:
-    return f"{cfg.data.name}-{cfg.model.name}-clean-{cfg.digest('seed', 'data', 'model', 'attack_train')}"
+def clean_key(cfg: Config, info: DatasetInfo | None = None) -> str:
+    return f"{cfg.data.name}-{cfg.model.name}-clean-{cfg.digest('seed', 'data', 'model', 'attack_train')}" \
+        + _content_key(cfg, info)
+
+
+def _content_key(cfg: Config, info: DatasetInfo | None) -> str:
+    """A dataset the user brings (ftsam.datasets_byo) adds a hash of its content to the key, so
+    changed files never return an old model; the built-in datasets' keys are as they were."""
+    from ftsam.config import DATASETS
+    if cfg.data.name in DATASETS:
+        return ""
+    if info is None or not info.fingerprint:
+        raise ValueError(f"the cache key of dataset {cfg.data.name!r} needs its loaded DatasetInfo (content fingerprint)")
+    return f"-{info.fingerprint}"
 
 
 def train_clean(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto",
@@ -99,7 +112,7 @@ def train_clean(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto
     train, test, info = load_dataset(cfg.data)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, info)
-    run_dir = Path(cache_dir) / clean_key(cfg)
+    run_dir = Path(cache_dir) / clean_key(cfg, info)
     model_file = run_dir / "model.safetensors"
     if model_file.is_file():
         return load_model(model_file, model).to(device).eval()
@@ -124,8 +137,8 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
     device = resolve_device(device)
     train, test, info = load_dataset(cfg.data)
     attack = build_attack(cfg.attack, info)
-    run_dir = Path(cache_dir) / attack_key(cfg)
-    attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources", key=clean_key(cfg),
+    run_dir = Path(cache_dir) / attack_key(cfg, info)
+    attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources", key=clean_key(cfg, info),
                    device=device, clean_model=lambda: train_clean(cfg, cache_dir, device, progress))
     poisoned = attack.poison_trainset(train, cfg.seed)
     trainable = attack.trainable
