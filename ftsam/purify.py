@@ -222,7 +222,7 @@ def _image_tensor(img) -> torch.Tensor:
     a = np.asarray(img)
     if a.ndim == 3 and a.shape[-1] in (1, 3) and a.shape[0] not in (1, 3):   # a PIL image / HWC array
         a = a.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(np.array(a))         # a copy: PIL's arrays are read-only
 
 
 def _from_items(data, where: str) -> ImageSet:
