@@ -58,7 +58,7 @@ def _options(pairs: list[str]) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ftsam", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", metavar="{purify,attack,defend,figures,list}")
     sub.required = True
 
     p = sub.add_parser("purify", help="purify a model you bring (safetensors + architecture) on your image folder",
