@@ -166,3 +166,19 @@ def test_attack_defend_and_list_on_a_params_file(backdoored, tmp_path, capsys):
     assert main(["list"]) == 0
     listed = capsys.readouterr().out
     assert "folder, arrays" in listed and "ft_sam" in listed and "rho=2.0" in listed and "cifar10-preactresnet18" in listed
+
+
+def test_a_torchvision_model_by_name_on_rgb_images(tmp_path, capsys):
+    """--arch resnet18: torchvision's model with num_classes from the folder (3 classes here)."""
+    import torchvision
+    from ftsam.data import ImageSet
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 9), ("test", 3)):
+        write_pngs(tmp_path / "rgb" / split, ImageSet(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
+                                                      torch.arange(n) % 3), names=["cat", "dog", "eel"])
+    from safetensors.torch import save_file
+    save_file(torchvision.models.resnet18(weights=None, num_classes=3).state_dict(), str(tmp_path / "r.safetensors"))
+    out = tmp_path / "p.safetensors"
+    assert main(["purify", "--model", str(tmp_path / "r.safetensors"), "--arch", "resnet18", "--data", str(tmp_path / "rgb"),
+                 "--epochs", "1", "--batch-size", "9", "--out", str(out)]) == 0
+    assert "before ACC" in capsys.readouterr().out and set(load_tensors(out)) == set(load_tensors(tmp_path / "r.safetensors"))
