@@ -45,8 +45,8 @@ class DataConfig:
     test_per_class: int = 0     # the same for the test set (0: all)
 
     def check(self) -> None:
-        from ftsam.datasets_byo import dataset_names   # late import: built-in, folder, arrays, registered
-        _choice("data.name", self.name, dataset_names())
+        from ftsam.datasets_byo import check_dataset_name   # late import: built-in, folder, arrays, registered
+        check_dataset_name(self.name)
         _range("data.image_size", self.image_size, lo=0)
         _range("data.train_per_class", self.train_per_class, lo=0)
         _range("data.test_per_class", self.test_per_class, lo=0)

@@ -79,6 +79,14 @@ def dataset_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys((*DATASETS, *BUILT_IN, *REGISTRY, *_entry_points())))
 
 
+def check_dataset_name(name: str) -> None:
+    """``data.name`` is a dataset ftsam knows (entry points are read only for a name not otherwise known)."""
+    if name in DATASETS or name in BUILT_IN or name in REGISTRY:
+        return
+    from ftsam.config import _choice
+    _choice("data.name", name, dataset_names())
+
+
 def _loader(name: str) -> Loader:
     if name in BUILT_IN:
         return BUILT_IN[name]

@@ -182,3 +182,11 @@ def test_a_torchvision_model_by_name_on_rgb_images(tmp_path, capsys):
     assert main(["purify", "--model", str(tmp_path / "r.safetensors"), "--arch", "resnet18", "--data", str(tmp_path / "rgb"),
                  "--epochs", "1", "--batch-size", "9", "--out", str(out)]) == 0
     assert "before ACC" in capsys.readouterr().out and set(load_tensors(out)) == set(load_tensors(tmp_path / "r.safetensors"))
+
+
+def test_figures_is_the_papermill_batch(monkeypatch):
+    from ftsam import batch
+    seen = []
+    monkeypatch.setattr(batch, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["figures", "params/mine.yaml", "--device", "cpu"]) == 0 and main(["figures"]) == 0
+    assert seen == [["--params", "params/mine.yaml", "--device", "cpu"], ["--device", "auto"]]

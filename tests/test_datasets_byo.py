@@ -140,3 +140,13 @@ def test_registered_loader_is_a_data_name_and_runs_an_attack(tmp_path, monkeypat
     assert torch.equal(run.test.x, digits(6, 2)[1].x)
     with pytest.raises(ConfigError, match="built-in"):
         register_dataset("folder")
+
+
+def test_an_entry_point_names_a_dataset_for_fresh_kernels(monkeypatch):
+    """Notebooks run in a fresh kernel that never ran a decorator: group ftsam.datasets is read."""
+    class EntryPoint:
+        def load(self):
+            return lambda cfg: digits(3, 2)
+    monkeypatch.setattr(datasets_byo, "_entry_points", lambda: {"from_pkg": EntryPoint()})
+    train, _, info = load_dataset(_cfg({"name": "from_pkg"}).data)
+    assert len(train) == 30 and info.name == "from_pkg" and "from_pkg" in datasets_byo.dataset_names()
