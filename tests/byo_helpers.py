@@ -3,11 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ftsam.config import DataConfig
-from ftsam.data import ImageSet, load_dataset, per_class_subset
+from ftsam.data import ImageSet, load_dataset
 
 CLASSES = [f"c{i}" for i in range(10)]     # sorted like ImageFolder sorts them: c0 .. c9 -> 0 .. 9
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from byo_helpers import CLASSES, image_folder, write_pngs
+from byo_helpers import image_folder, write_pngs
 from ftsam import experiment
 from ftsam.cli import main
 from ftsam.config import from_dict

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from byo_helpers import CLASSES, digits, image_folder, write_pngs
+from byo_helpers import digits, image_folder, write_pngs
 from ftsam import datasets_byo, experiment
 from ftsam.config import ConfigError, from_dict
 from ftsam.data import ImageSet, load_dataset
