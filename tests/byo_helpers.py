@@ -33,3 +33,15 @@ def image_folder(root: Path, train_per_class: int = 10, test_per_class: int = 5)
     write_pngs(root / "train", train)
     write_pngs(root / "test", test)
     return root
+
+
+def small_cnn(num_classes: int, in_channels: int):
+    """A user's architecture for ``--arch byo_helpers:small_cnn`` (no BatchNorm)."""
+    from torch import nn
+    from ftsam.models import Normalize
+    return nn.Sequential(Normalize((0.5,) * in_channels, (0.5,) * in_channels), nn.Conv2d(in_channels, 4, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+def not_a_model(**kwargs):
+    return "a string"

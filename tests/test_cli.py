@@ -190,3 +190,18 @@ def test_figures_is_the_papermill_batch(monkeypatch):
     monkeypatch.setattr(batch, "main", lambda argv: seen.append(argv) or 0)
     assert main(["figures", "params/mine.yaml", "--device", "cpu"]) == 0 and main(["figures"]) == 0
     assert seen == [["--params", "params/mine.yaml", "--device", "cpu"], ["--device", "auto"]]
+
+
+def test_an_architecture_given_as_module_callable(backdoored, tmp_path, capsys):
+    from byo_helpers import small_cnn
+    from safetensors.torch import save_file
+    tmp, _ = backdoored
+    save_file(small_cnn(10, 1).state_dict(), str(tmp_path / "cnn.safetensors"))
+    args = ["purify", "--model", str(tmp_path / "cnn.safetensors"), "--data", str(tmp / "data"), "--epochs", "1",
+            "--out", str(tmp_path / "p.safetensors")]
+    assert main(args + ["--arch", "byo_helpers:small_cnn"]) == 0
+    assert (tmp_path / "p.safetensors").is_file()
+    assert main(args + ["--arch", "byo_helpers:not_a_model"]) == 2
+    assert "returned a str, not an nn.Module" in capsys.readouterr().err
+    assert main(args + ["--arch", "no_such_module_here:build"]) == 2
+    assert "cannot import it" in capsys.readouterr().err
