@@ -22,7 +22,7 @@ Purify a model you trained yourself with FT-SAM (or another defense).
 
 The data folder has the ImageFolder layout: DIR/train/<class>/*.png holds the clean images
 you may fine-tune on (the defender's clean data), DIR/test/<class>/*.png a clean test set
-(for ACC). Classes are numbered in sorted order of their folder names: the model's output i
+(for ACC; without it only the accuracy on the clean data is reported). Classes are numbered in sorted order of their folder names: the model's output i
 must be class i. Images are fed to the model as floats in [0, 1]; ftsam's architectures
 normalize them with the training images' mean and std (or --mean/--std), any other model
 must normalize them itself.
@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True,
                    help="its architecture: ftsam's (preactresnet18, vgg19_bn), a torchvision model name "
                         "(resnet18; 3-channel images), or module:callable returning the nn.Module")
-    p.add_argument("--data", required=True, help="image folder: DIR/train/<class>/* (clean data), DIR/test/<class>/*")
+    p.add_argument("--data", required=True, help="image folder: DIR/train/<class>/* (clean data), DIR/test/<class>/* (optional)")
     p.add_argument("--image-size", type=int, default=0, help="resize images to this size (default: as they are)")
     p.add_argument("--width", type=int, default=64, help="width of ftsam's architectures (default 64)")
     p.add_argument("--mean", type=float, nargs="+", help="normalization of ftsam's architectures (default: the data's)")
@@ -121,7 +121,7 @@ def cmd_purify(args) -> int:
     from ftsam.user_model import load_user_model, refuse_pickles
 
     refuse_pickles(args.model)                 # before reading any images
-    train, test, names = read_folder(args.data, args.image_size)
+    train, test, names = read_folder(args.data, args.image_size, need_test=False)
     mean, std = channel_stats(train)
     if args.mean or args.std:
         if not (args.mean and args.std and len(args.mean) == len(args.std) == train.x.shape[1]):
@@ -137,6 +137,8 @@ def cmd_purify(args) -> int:
     if args.triggered or args.target is not None:
         if not (args.triggered and args.target is not None):
             raise ConfigError("--triggered and --target go together")
+        if test is None:
+            raise ConfigError(f"--triggered: ASR is measured beside a clean test set, and {args.data}/test/ is missing")
         target = names.index(args.target) if args.target in names else _int(args.target, len(names))
         files = class_files(Path(args.triggered), names)
         images = [_read_image(p) for p, _ in files]

@@ -215,13 +215,14 @@ def _read_image(path: Path):
         raise DatasetError(f"{path}: not a readable image ({e})") from None
 
 
-def read_folder(root: str | Path, image_size: int = 0) -> tuple[ImageSet, ImageSet, list[str]]:
+def read_folder(root: str | Path, image_size: int = 0, need_test: bool = True) -> tuple[ImageSet, ImageSet | None, list[str]]:
     """Read ``root/train/<class>/*`` and ``root/test/<class>/*`` into uint8 ImageSets; returns
-    them and the class names (label i is ``names[i]``, sorted as ImageFolder sorts them)."""
+    them and the class names (label i is ``names[i]``, sorted as ImageFolder sorts them).
+    Without ``need_test`` a missing ``test/`` folder gives ``None`` for the test set."""
     root = Path(root)
     splits = {s: root / s for s in ("train", "test")}
     for split, d in splits.items():
-        if not d.is_dir():
+        if not d.is_dir() and (split == "train" or need_test):
             raise DatasetError(f"image folder {root}: no {split}/ folder; expected {root}/train/<class>/*.png and "
                                f"{root}/test/<class>/*.png (the ImageFolder layout)")
     names = [d.name for d in _class_dirs(splits["train"])]
@@ -229,13 +230,13 @@ def read_folder(root: str | Path, image_size: int = 0) -> tuple[ImageSet, ImageS
         raise DatasetError(f"image folder {splits['train']}: found {len(names)} class folder(s) "
                            f"({', '.join(names) or 'none'}); a classifier needs at least 2")
     train_files = class_files(splits["train"], names, every_class=True)
-    test_files = class_files(splits["test"], names)
+    test_files = class_files(splits["test"], names) if splits["test"].is_dir() else []
     images = [_read_image(p) for p, _ in train_files + test_files]
     gray = all(im.mode in GRAY_MODES for im in images)
     x = images_to_tensor(images, [p for p, _ in train_files + test_files], gray, image_size, root)
     y = torch.tensor([c for _, c in train_files + test_files])
     n = len(train_files)
-    return ImageSet(x[:n], y[:n]), ImageSet(x[n:], y[n:]), names
+    return ImageSet(x[:n], y[:n]), ImageSet(x[n:], y[n:]) if test_files else None, names
 
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")

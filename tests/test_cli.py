@@ -205,3 +205,19 @@ def test_an_architecture_given_as_module_callable(backdoored, tmp_path, capsys):
     assert "returned a str, not an nn.Module" in capsys.readouterr().err
     assert main(args + ["--arch", "no_such_module_here:build"]) == 2
     assert "cannot import it" in capsys.readouterr().err
+
+
+def test_without_a_test_folder_only_the_clean_data_accuracy_is_reported(backdoored, tmp_path, capsys):
+    import shutil
+    from byo_helpers import small_cnn
+    from safetensors.torch import save_file
+    tmp, _ = backdoored
+    shutil.copytree(tmp / "data" / "train", tmp_path / "only_train" / "train")
+    save_file(small_cnn(10, 1).state_dict(), str(tmp_path / "cnn.safetensors"))
+    args = ["purify", "--model", str(tmp_path / "cnn.safetensors"), "--arch", "byo_helpers:small_cnn",
+            "--data", str(tmp_path / "only_train"), "--epochs", "1", "--out", str(tmp_path / "p.safetensors")]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert "CLEAN_DATA_ACC" in shown and "training accuracy, not a test" in shown
+    assert main(args + ["--triggered", str(tmp / "triggered"), "--target", "0"]) == 2
+    assert "test/ is missing" in capsys.readouterr().err
