@@ -180,3 +180,25 @@ def test_bad_data_are_clear_errors(run):
         ftsam.purify(run.model, (clean.x, clean.y + 3))
     with pytest.raises(DatasetError, match="item 3 of the Dataset"):
         ftsam.purify(run.model, [(x, int(y)) for x, y in zip(x01[:3], clean.y)] + [(x01[0, :, :4], 0)])
+
+
+def test_a_defense_given_the_poisoned_set_gets_it_and_a_fresh_model(run, monkeypatch):
+    from ftsam import defenses
+    from ftsam.defenses.base import Defended, Defense
+    seen = {}
+
+    class Retrain(Defense):
+        title = "retrain"
+        needs = ("model", "clean", "poisoned")
+
+        def run(self, given, ctx):
+            seen["poisoned"], fresh = given.poisoned, given.new_model()
+            seen["fresh_differs"] = not _same_weights(fresh, given.model)
+            return Defended(fresh, found={"flagged": [1, 2]})
+    Retrain.name = "ft"           # borrow a registered name and options section
+    monkeypatch.setitem(defenses.REGISTRY, "ft", Retrain)
+    with pytest.raises(ConfigError, match="poisoned training set.*pass poisoned="):
+        ftsam.purify(run.model, _clean(run), defense="ft")
+    data = run.poisoned.data
+    out = ftsam.purify(run.model, _clean(run), defense="ft", poisoned=(data.x, data.y))
+    assert torch.equal(seen["poisoned"].x, data.x) and seen["fresh_differs"] and out.found == {"flagged": [1, 2]}
