@@ -142,9 +142,12 @@ class DefenseConfig:
     clean_sampling: Literal["balanced", "uniform"] = "balanced"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=100, batch_size=256, lr=0.01, label_smoothing=0.1, crop_padding=4, hflip=True))
+    # The per-epoch curves (the monitor) on a fixed class-balanced subset of the test set with this
+    # many images of each class (0: the whole test set); the reported metrics always use all of it.
+    monitor_per_class: int = 0
     options: dict = field(default_factory=_default_defense_options)
 
-    COMMON: typing.ClassVar[tuple[str, ...]] = ("clean_ratio", "clean_sampling", "train")
+    COMMON: typing.ClassVar[tuple[str, ...]] = ("clean_ratio", "clean_sampling", "train", "monitor_per_class")
 
     def __getattr__(self, name: str):
         if name != "options" and not name.startswith("__"):
@@ -157,6 +160,7 @@ class DefenseConfig:
         if not 0.0 < self.clean_ratio <= 1.0:
             raise ConfigError(f"defense.clean_ratio must lie in (0, 1], got {self.clean_ratio!r}")
         _choice("defense.clean_sampling", self.clean_sampling, ("balanced", "uniform"))
+        _range("defense.monitor_per_class", self.monitor_per_class, lo=0)
         self.train.check("defense.train")
         for name, cls in _defense_registry().items():
             cls.check_options(self.options[name])

@@ -13,7 +13,7 @@ from torch import nn
 
 from ftsam.attacks import Attack, PoisonedTestSet, PoisonedTrainSet, build_attack
 from ftsam.config import Config, ConfigError, DefenseConfig, stable_hash
-from ftsam.data import DatasetInfo, ImageSet, clean_subset, load_dataset
+from ftsam.data import SUBSET_SEED, DatasetInfo, ImageSet, clean_subset, load_dataset, per_class_indices
 from ftsam.defenses import Context, Given, build_defense, defense_class
 from ftsam.io import load_json, load_model, load_tensors, save_json, save_model, save_tensors
 from ftsam.metrics import accuracy, der, evaluate
@@ -218,6 +218,12 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
 
     def ev(m):
         return evaluate(m, run.test, run.test_bd, run.device)
+    monitor = ev
+    if dcfg.monitor_per_class:
+        mon_test, mon_bd = monitor_subset(run.test, run.test_bd, dcfg.monitor_per_class)
+
+        def monitor(m):
+            return evaluate(m, mon_test, mon_bd, run.device)
 
     if result_file.is_file() and model_file.is_file() and not rerun and on_update is None:
         result = load_json(result_file)
@@ -225,12 +231,17 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
         model = impl.restore(copy.deepcopy(run.model) if "model" in impl.needs else given.new_model(), found)
         load_model(model_file, model)
     else:
-        ctx = Context(seed=cfg.seed, device=run.device, state_dir=out_dir, progress=progress, evaluate=ev,
+        ctx = Context(seed=cfg.seed, device=run.device, state_dir=out_dir, progress=progress, evaluate=monitor,
                       on_update=on_update)
         with seeded(cfg.seed, run.device):
             out = impl.run(given, ctx)
         model, found = out.model, out.found
-        final = last_evaluation(out.history, ev, model)
+        if monitor is ev:
+            final = last_evaluation(out.history, ev, model)
+        else:   # the monitor saw a subset: the reported metrics (and the curve's last point) use the whole test set
+            final = ev(model)
+            if out.history and "asr" in out.history[-1]:
+                out.history[-1].update(final)
         final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
         history = [{"epoch": 0, **run.metrics}] + out.history
         tensors = {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
@@ -244,6 +255,16 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
             state.unlink(missing_ok=True)
     model.eval()
     return DefenseRun(defense, impl.title, result["metrics"], result["history"], result["clean_index"], model, found)
+
+
+def monitor_subset(test: ImageSet, test_bd: PoisonedTestSet, per_class: int) -> tuple[ImageSet, PoisonedTestSet]:
+    """A fixed, class-balanced part of the test set and of its triggered copy (at most ``per_class``
+    images of each true class), for the per-epoch curves of a defense: evaluating everything after
+    every epoch would cost as much as the fine-tuning itself on the small settings."""
+    g = lambda: torch.Generator().manual_seed(SUBSET_SEED)       # noqa: E731  the same draw every time
+    keep = per_class_indices(test.y, per_class, g())
+    keep_bd = per_class_indices(test_bd.y_true, per_class, g())
+    return test.subset(keep), PoisonedTestSet(test_bd.x[keep_bd], test_bd.y_target[keep_bd], test_bd.y_true[keep_bd])
 
 
 @dataclass

@@ -211,3 +211,26 @@ def test_context_fit_checkpoints_only_when_not_watched(tmp_path):
     assert ctx.state_file("train_state") == tmp_path / "train_state.safetensors"
     watched = Context(seed=0, state_dir=tmp_path, on_update=lambda *a: None)
     assert watched.state_file("train_state") is None
+
+
+def test_monitor_subset_is_fixed_and_balanced_and_final_metrics_use_the_whole_test_set(tmp_path):
+    from ftsam.metrics import evaluate
+    cfg = from_dict({"data": {"name": "digits", "train_per_class": 12, "test_per_class": 8},
+                     "model": {"width": 2}, "attack_train": {"epochs": 1, "batch_size": 32},
+                     "defense": {"clean_ratio": 0.5, "monitor_per_class": 3,
+                                 "train": {"epochs": 2, "batch_size": 16, "crop_padding": 0, "hflip": False,
+                                           "schedule": "constant"}}})
+    run = experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False)
+    test, bd = experiment.monitor_subset(run.test, run.test_bd, 3)
+    assert torch.bincount(test.y).tolist() == [3] * 10
+    assert torch.bincount(bd.y_true, minlength=10)[1:].tolist() == [3] * 9
+    again = experiment.monitor_subset(run.test, run.test_bd, 3)[0]
+    assert torch.equal(test.x, again.x)
+    r = experiment.defend(run, "ft", progress=False)
+    full = evaluate(r.model, run.test, run.test_bd)
+    assert {k: r.metrics[k] for k in full} == full
+    assert {k: r.history[-1][k] for k in full} == full           # the curve ends at the reported numbers
+    # epoch 1's row is the monitor subset's numbers for the model after one epoch (constant lr, so
+    # a one-epoch run is the first epoch of the two-epoch one)
+    one = experiment.defend(run, "ft", {"train.epochs": 1}, progress=False)
+    assert {k: r.history[1][k] for k in full} == evaluate(one.model, test, bd)
