@@ -174,3 +174,247 @@ def test_repo_params_find_repo_data(monkeypatch):
     for cwd in (REPO, REPO / "notebooks"):
         monkeypatch.chdir(cwd)
         assert load_config(REPO / "params/paper/cifar10-preactresnet18.yaml").data.root == str(REPO / "data")
+
+
+# ---- damaged dataset files: an error naming the file and what was expected ---------------
+import gzip  # noqa: E402
+import pickle  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from test_data import (_cifar_records, _idx_bytes, _write_cifar_py, _write_fashion, _write_gtsrb,  # noqa: E402
+                       _write_tiny)
+
+import ftsam.data as data  # noqa: E402
+from ftsam.data import CacheWarning, DataError, ImageSet, clean_subset, load_dataset  # noqa: E402
+
+
+def _load(name, root, **kw):
+    return load_dataset(DataConfig(name=name, root=str(root), **kw))
+
+
+@pytest.fixture
+def no_system_fashion(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-system-dir")
+
+
+@pytest.mark.parametrize("keep", [0, 20, 0.5, 0.99])
+def test_truncated_cifar_python_batch(tmp_path, keep):
+    _write_cifar_py(tmp_path)
+    f = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    raw = f.read_bytes()
+    f.write_bytes(raw[: keep if isinstance(keep, int) else int(len(raw) * keep)])
+    with pytest.raises(DataError) as e:
+        _load("cifar10", tmp_path)
+    assert str(f) in str(e.value) and "CIFAR-10 python batch" in str(e.value) and e.value.path == f
+
+
+def test_cifar_python_batch_of_the_wrong_shape(tmp_path):
+    _write_cifar_py(tmp_path)
+    f = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with open(f, "wb") as fh:
+        pickle.dump({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]}, fh, protocol=2)
+    with pytest.raises(DataError, match=r"\(4, 3072\)") as e:
+        _load("cifar10", tmp_path)
+    assert str(f) in str(e.value)
+
+
+def test_cifar_label_out_of_range(tmp_path):
+    _write_cifar_py(tmp_path)
+    f = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    x, _ = _cifar_records(4, 0)
+    with open(f, "wb") as fh:
+        pickle.dump({"data": x, "labels": [0, 1, 10, 3]}, fh, protocol=2)
+    with pytest.raises(DataError, match=r"labels must lie in 0\.\.9, found 10") as e:
+        _load("cifar10", tmp_path)
+    assert str(f) in str(e.value)
+
+
+def test_cifar_missing_batch(tmp_path):
+    _write_cifar_py(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_5").unlink()
+    with pytest.raises(DataError, match="data_batch_5: missing"):
+        _load("cifar10", tmp_path)
+
+
+def test_malicious_cifar_pickle_is_still_refused_not_called_damaged(tmp_path):
+    _write_cifar_py(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "wb") as fh:
+        pickle.dump({"data": print, "labels": [0]}, fh, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        _load("cifar10", tmp_path)
+
+
+@pytest.mark.parametrize("damage,needle", [("cut", "not a whole number of 3073-byte"),
+                                           ("label", "found 200")])
+def test_cifar_binary_batch(tmp_path, damage, needle):
+    d = tmp_path / "cifar-10-batches-bin"
+    d.mkdir()
+    for k, name in enumerate([f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]):
+        x, y = _cifar_records(2, offset=10 * k)
+        (d / name).write_bytes(np.concatenate([np.array(y, np.uint8)[:, None], x], axis=1).tobytes())
+    f = d / "data_batch_4.bin"
+    raw = bytearray(f.read_bytes())
+    if damage == "cut":
+        raw = raw[:-7]
+    else:
+        raw[3073] = 200
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=needle) as e:
+        _load("cifar10", tmp_path)
+    assert str(f) in str(e.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_truncated_idx_file(tmp_path, no_system_fashion, gz):
+    folder = tmp_path / "FashionMNIST" / "raw"
+    _write_fashion(folder, gz=gz)
+    f = folder / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    if gz:       # a gzip cut short: the stream ends before its end marker
+        f.write_bytes(f.read_bytes()[:-30])
+        needle = "damaged gzip"
+    else:
+        f.write_bytes(f.read_bytes()[:-28])
+        needle = r"shape \(6, 28, 28\), i.e. 4720 bytes, but the file holds 4692: truncated"
+    with pytest.raises(DataError, match=needle) as e:
+        _load("fashion_mnist", tmp_path)
+    assert str(f) in str(e.value)
+
+
+def test_idx_header_cut_short_and_foreign(tmp_path):
+    p = tmp_path / "x-idx3-ubyte"
+    p.write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(DataError, match="header cut short"):
+        data.read_idx(p)
+    p.write_bytes(b"")
+    with pytest.raises(DataError, match="not an unsigned-byte IDX"):
+        data.read_idx(p)
+
+
+def test_fashion_labels_out_of_range_and_count(tmp_path, no_system_fashion):
+    folder = tmp_path / "FashionMNIST" / "raw"
+    _write_fashion(folder, gz=False)
+    f = folder / "t10k-labels-idx1-ubyte"
+    f.write_bytes(_idx_bytes(np.array([1, 2, 11], np.uint8)))
+    with pytest.raises(DataError, match=r"0\.\.9, found 11") as e:
+        _load("fashion_mnist", tmp_path)
+    assert str(f) in str(e.value)
+    f.write_bytes(_idx_bytes(np.array([1, 2], np.uint8)))
+    with pytest.raises(DataError, match="expected 3 labels"):
+        _load("fashion_mnist", tmp_path)
+
+
+# ---- image folders: no empty class, caches follow their files ---------------------------
+def test_gtsrb_empty_class_is_an_error(tmp_path):
+    base = _write_gtsrb(tmp_path)
+    for p in (base / "GTSRB" / "Training" / "00007").glob("*.ppm"):
+        p.unlink()
+    with pytest.raises(DataError, match="1 of 43 classes have no") as e:
+        _load("gtsrb", tmp_path)
+    assert "00007" in str(e.value) and str(base / "GTSRB" / "Training") in str(e.value)
+
+
+def test_gtsrb_missing_class_folder_is_an_error(tmp_path):
+    import shutil
+    base = _write_gtsrb(tmp_path)
+    shutil.rmtree(base / "GTSRB" / "Training" / "00042")
+    with pytest.raises(DataError, match="00042"):
+        _load("gtsrb", tmp_path)
+
+
+def test_gtsrb_cache_is_rebuilt_after_images_are_added(tmp_path):
+    base = _write_gtsrb(tmp_path)
+    train, _, info = _load("gtsrb", tmp_path)
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(base / "GTSRB" / "Training" / "00005" / "00001_00000.ppm", format="PPM")
+    with pytest.warns(CacheWarning, match="other files"):
+        train2, _, info2 = _load("gtsrb", tmp_path)
+    assert len(train2) == len(train) + 1 and (train2.y == 5).sum() == 2
+    assert info2.fingerprint != info.fingerprint
+    with warnings.catch_warnings():          # now current: reused silently
+        warnings.simplefilter("error")
+        train3, _, info3 = _load("gtsrb", tmp_path)
+    assert torch.equal(train3.x, train2.x) and info3.fingerprint == info2.fingerprint
+
+
+def test_gtsrb_cache_is_rebuilt_after_an_image_is_replaced(tmp_path):
+    base = _write_gtsrb(tmp_path)
+    train, _, _ = _load("gtsrb", tmp_path)
+    p = base / "GTSRB" / "Training" / "00001" / "00000_00000.ppm"
+    Image.new("RGB", (30, 30), (9, 9, 9)).save(p, format="PPM")
+    with pytest.warns(CacheWarning):
+        train2, _, _ = _load("gtsrb", tmp_path)
+    assert (train2.x[2] == 9).all() and not torch.equal(train.x[2], train2.x[2])
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[:-500], lambda b: b"", lambda b: b"garbage" * 10])
+def test_damaged_dataset_cache_is_reported_and_rebuilt(tmp_path, damage):
+    base = _write_gtsrb(tmp_path)
+    train, _, _ = _load("gtsrb", tmp_path)
+    cache = base / ".ftsam-gtsrb32.safetensors"
+    cache.write_bytes(damage(cache.read_bytes()))
+    with pytest.warns(CacheWarning, match="damaged dataset cache") as w:
+        train2, _, _ = _load("gtsrb", tmp_path)
+    assert str(cache) in str(w[0].message)
+    assert torch.equal(train.x, train2.x)
+    _load("gtsrb", tmp_path)          # the rebuilt cache reads
+
+
+def test_damaged_image_is_named(tmp_path):
+    base = _write_gtsrb(tmp_path)
+    p = base / "GTSRB" / "Training" / "00003" / "00000_00000.ppm"
+    p.write_bytes(p.read_bytes()[:20])
+    with pytest.raises(DataError) as e:
+        _load("gtsrb", tmp_path)
+    assert str(p) in str(e.value)
+
+
+def test_gtsrb_test_label_out_of_range(tmp_path):
+    base = _write_gtsrb(tmp_path)
+    csv = base / "GT-final_test.csv"
+    csv.write_text(csv.read_text().replace(";42", ";43"))
+    with pytest.raises(DataError, match=r"line 2: .*ClassId in 0\.\.42"):
+        _load("gtsrb", tmp_path)
+
+
+def test_tiny_imagenet_empty_class_and_short_wnids(tmp_path):
+    base = _write_tiny(tmp_path)
+    wnid = (base / "wnids.txt").read_text().split()[5]
+    for p in (base / "train" / wnid / "images").glob("*.JPEG"):
+        p.unlink()
+    with pytest.raises(DataError, match=f"1 of 200 classes have no.*{wnid}"):
+        _load("tiny_imagenet", tmp_path)
+    (base / "wnids.txt").write_text("\n".join((base / "wnids.txt").read_text().split()[:150]))
+    with pytest.raises(DataError, match="expected 200 distinct class ids"):
+        _load("tiny_imagenet", tmp_path)
+
+
+def test_fingerprint_follows_cifar_files(tmp_path):
+    _write_cifar_py(tmp_path)
+    *_, a = _load("cifar10", tmp_path)
+    *_, b = _load("cifar10", tmp_path)
+    assert a.fingerprint == b.fingerprint != ""
+    f = tmp_path / "cifar-10-batches-py" / "test_batch"
+    f.write_bytes(f.read_bytes())                          # rewritten: another mtime
+    import os
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    *_, c = _load("cifar10", tmp_path)
+    assert c.fingerprint != a.fingerprint
+
+
+# ---- the defender's clean data ---------------------------------------------------------
+def _labels(counts):
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    return ImageSet(torch.zeros(len(y), 1, 2, 2, dtype=torch.uint8), y)
+
+
+@pytest.mark.parametrize("ratio,balanced", [(0.001, True), (0.001, False), (0.03, True), (0.05, False)])
+def test_clean_subset_too_small_is_refused(ratio, balanced):
+    with pytest.raises(ConfigError, match="defense.clean_ratio") as e:
+        clean_subset(_labels([30, 30, 30, 30, 30]), ratio, seed=0, balanced=balanced)
+    assert "at least 2" in str(e.value)
+
+
+def test_clean_subset_large_enough_passes():
+    idx = clean_subset(_labels([30, 30, 30, 30, 30]), 0.07, seed=0)
+    assert torch.bincount(_labels([30] * 5).y[idx]).tolist() == [2] * 5
