@@ -418,3 +418,100 @@ def test_clean_subset_too_small_is_refused(ratio, balanced):
 def test_clean_subset_large_enough_passes():
     idx = clean_subset(_labels([30, 30, 30, 30, 30]), 0.07, seed=0)
     assert torch.bincount(_labels([30] * 5).y[idx]).tolist() == [2] * 5
+
+
+# ---- notebooks: parameters checked, paths inside the project, failed runs keep good files ---
+import nbformat  # noqa: E402
+
+from ftsam.notebook import check_parameters, coerce_parameter  # noqa: E402
+
+PARAMS_CELL = 'params_file = "../params/p.yaml"\ncache_dir = "../runs"\ncheck = True\ndefenses = ["ft", "ft_sam"]\nrho = 0.5\n'
+
+
+def test_typo_in_a_parameter_is_an_error(tmp_path):
+    ns = {"defences": ["ft"]}
+    with pytest.raises(ConfigError) as e:
+        check_parameters(ns, PARAMS_CELL, '# Parameters\ndefences = ["ft"]\n', notebooks_dir=tmp_path)
+    assert "defences" in str(e.value) and "defenses" in str(e.value) and "check" in str(e.value)
+
+
+@pytest.mark.parametrize("given,want", [("false", False), ("False", False), ("no", False), ("0", False),
+                                        ("true", True), ("TRUE", True), (False, False), (0, False), (1, True)])
+def test_papermill_string_booleans(given, want):
+    assert coerce_parameter("check", given, True) is want
+
+
+@pytest.mark.parametrize("name,given", [("check", "maybe"), ("defenses", "ft_sam"), ("rho", "big"),
+                                        ("params_file", 3)])
+def test_parameter_of_the_wrong_type(name, given):
+    default = {"check": True, "defenses": ["ft"], "rho": 0.5, "params_file": "x"}[name]
+    with pytest.raises(ConfigError, match=f"notebook parameter {name}"):
+        coerce_parameter(name, given, default)
+    assert coerce_parameter("rho", 2, 0.5) == 2.0 and isinstance(coerce_parameter("rho", 2, 0.5), float)
+
+
+def test_injected_relative_paths_are_from_the_callers_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nbs").mkdir()
+    ns = {"check": "false", "cache_dir": "my_runs"}
+    names = check_parameters(ns, PARAMS_CELL, '# Parameters\ncheck = "false"\ncache_dir = "my_runs"\n',
+                             notebooks_dir=tmp_path / "nbs")
+    assert names == ["check", "cache_dir"] and ns["check"] is False
+    assert ns["cache_dir"] == str(tmp_path / "my_runs")
+    assert Path.cwd() == tmp_path / "nbs"          # the notebook's own defaults are relative to its folder
+
+
+def _project(tmp_path: Path, cells: list[str]) -> Path:
+    proj = tmp_path / "proj"
+    for d in ("notebooks", "params"):
+        (proj / d).mkdir(parents=True)
+    (proj / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(cells[0], metadata={"tags": ["parameters"]})] + [
+        nbformat.v4.new_code_cell(c) for c in cells[1:]]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, proj / "notebooks" / "n.ipynb")
+    return proj
+
+
+NOTEBOOK = [PARAMS_CELL,
+            "from ftsam.notebook import check_parameters\ncheck_parameters(globals())\n"
+            "import os, pathlib\npathlib.Path(cache_dir).mkdir(parents=True, exist_ok=True)\n"
+            "pathlib.Path(cache_dir, 'made').write_text(repr(check))\n"
+            "assert not check, 'the checks ran'\n"]
+
+
+def test_papermill_from_the_repo_root_writes_inside_and_honours_check_false(tmp_path, monkeypatch):
+    """papermill started in the project root (not notebooks/), as `-p check false` passes it."""
+    import papermill as pm
+    proj = _project(tmp_path, NOTEBOOK)
+    monkeypatch.chdir(proj)
+    pm.execute_notebook("notebooks/n.ipynb", str(tmp_path / "out.ipynb"), parameters={"check": "false"},
+                        kernel_name="python3", progress_bar=False)
+    assert (proj / "runs" / "made").read_text() == "False"
+    assert not (tmp_path / "runs").exists()           # not the project's parent
+    with pytest.raises(pm.PapermillExecutionError, match="unknown notebook parameter defences"):
+        pm.execute_notebook("notebooks/n.ipynb", str(tmp_path / "out2.ipynb"),
+                            parameters={"defences": ["ft"], "check": False}, kernel_name="python3",
+                            progress_bar=False)
+
+
+def test_batch_inplace_keeps_the_notebook_when_the_run_fails(tmp_path, capsys):
+    from ftsam.batch import main
+    proj = _project(tmp_path, [PARAMS_CELL, "print('fresh output')", "raise RuntimeError('boom')"])
+    nb = proj / "notebooks" / "n.ipynb"
+    before = nb.read_bytes()
+    assert main(["--inplace", str(nb)]) == 1
+    assert nb.read_bytes() == before
+    out = capsys.readouterr().out
+    assert "n.ipynb is unchanged" in out and "RuntimeError" in out
+    failed = nbformat.read(proj / "notebooks" / "executed" / "n.ipynb", as_version=4)
+    assert "fresh output" in str([c.get("outputs") for c in failed.cells])
+    assert sorted(p.name for p in (proj / "notebooks").iterdir()) == ["executed", "n.ipynb"]   # no temp left
+
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('ok run')")],
+                                            metadata={"kernelspec": {"name": "python3", "display_name": "P",
+                                                                     "language": "python"}}), nb)
+    assert main(["--inplace", str(nb)]) == 0
+    ran = nbformat.read(nb, as_version=4)
+    assert "ok run" in str(ran.cells[0].outputs) and "papermill" not in ran.metadata
