@@ -15,6 +15,7 @@ import torch
 from benchmarks.common import Section
 from ftsam.config import load_config
 from ftsam.data import clean_subset, load_dataset
+from ftsam.defenses.ft_sam import sam_step
 from ftsam.models import build_model
 
 
@@ -67,7 +68,7 @@ def run(quick: bool = False) -> Section:
             m = m.to(memory_format=torch.channels_last)
         t = time.perf_counter()
         with cpu_bf16_autocast() if bf16 else _null():
-            hist = fit(m, clean, tcfg, seed=0, sam=cfg.defense.sam, progress=False).history
+            hist = fit(m, clean, tcfg, sam_step(m, tcfg, cfg.defense.ft_sam), seed=0, progress=False).history
             pred = predict(m, test.x.contiguous(memory_format=torch.channels_last) if cl else test.x)
         runs[name] = (m, hist, accuracy(pred, test.y), time.perf_counter() - t)     # the second (warm) run counts
     (m32, h32, acc32, t32), (m16, h16, acc16, t16) = runs.values()

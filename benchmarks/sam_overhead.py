@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from benchmarks.common import Check, Section, interleaved, median, ms
 from ftsam.config import ModelConfig, SAMConfig, TrainConfig, load_config
 from ftsam.data import DatasetInfo, ImageSet, load_dataset
+from ftsam.defenses.ft_sam import sam_step
 from ftsam.models import build_model
 from ftsam.sam import SAM, frozen_bn
 from ftsam.train import augment, epoch_generator, fit, make_optimizer
@@ -98,7 +99,7 @@ def settings(quick: bool):
     small = build_model(cfg.model, info)
     yield (f"offline default: digits {info.size}x{info.size}x{info.channels}, PreAct-ResNet18 width "
            f"{cfg.model.width}, batch {cfg.defense.train.batch_size}",
-           small, train, cfg.defense.train, cfg.defense.sam, 10 if quick else 60)
+           small, train, cfg.defense.train, cfg.defense.ft_sam, 10 if quick else 60)
     cinfo = DatasetInfo("cifar-sized", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
     torch.manual_seed(0)
     big = build_model(ModelConfig("preactresnet18", 32), cinfo)
@@ -153,8 +154,8 @@ def run(quick: bool = False) -> Section:
 
     def fit_once(sam):
         m = copy.deepcopy(base)
-        return lambda: fit(m, train, tcfg, seed=0, sam=sam, progress=False)
-    ft_fit, fs_fit = fit_once(None), fit_once(cfg.defense.sam)
+        return lambda: fit(m, train, tcfg, sam_step(m, tcfg, sam) if sam else None, seed=0, progress=False)
+    ft_fit, fs_fit = fit_once(None), fit_once(cfg.defense.ft_sam)
     t = interleaved({"ft": ft_fit, "ft_sam": fs_fit}, rounds=2 if quick else 3, warmup=1)
     a, b = median(t["ft"]), median(t["ft_sam"])
     sec.add(f"Cross-check with `fit` itself (offline default, one epoch over all {len(train)} digits training "

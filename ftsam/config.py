@@ -7,6 +7,7 @@ choices. Nothing on the command line silently overrides the file: overrides are 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -33,7 +34,6 @@ class ConfigError(ValueError):
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "gtsrb", "tiny_imagenet")
 MODELS = ("preactresnet18", "vgg19_bn")
-DEFENSES = ("ft", "ft_sam", "ft_l2")
 MIN_IMAGE_SIZE = 8   # digits' own size; PreAct-ResNet18 halves it three times, to 1x1
 
 
@@ -116,33 +116,68 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SAMConfig:
+    """FT-SAM's own options (``defense.ft_sam``): the radius and shape of the perturbation."""
     rho: float = 2.0
     eta: float = 0.0
     adaptive: bool = True
     perturb: Literal["all", "weights"] = "all"
 
-    def check(self, prefix: str = "defense.sam") -> None:
+    def check(self, prefix: str = "defense.ft_sam") -> None:
         _range(f"{prefix}.rho", self.rho, lo=0.0, strict=True)
         _range(f"{prefix}.eta", self.eta, lo=0.0)
         _choice(f"{prefix}.perturb", self.perturb, ("all", "weights"))
 
 
+def _defense_registry() -> dict:
+    from ftsam.defenses import REGISTRY  # late import: defenses depend on config
+    return REGISTRY
+
+
+def _default_defense_options() -> dict:
+    return {name: cls.Options() for name, cls in _defense_registry().items()}
+
+
 @dataclass(frozen=True)
 class DefenseConfig:
+    """The ``defense`` section: what every defense shares (the defender's clean subset, the
+    fine-tuning settings) and one section per defense, ``defense.<name>``, with that defense's
+    own options (its ``Options`` dataclass; e.g. ``defense.ft_sam.rho``). Read a defense's
+    options as ``cfg.defense.ft_sam`` or ``cfg.defense.options["ft_sam"]``."""
     clean_ratio: float = 0.05
     clean_sampling: Literal["balanced", "uniform"] = "balanced"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=100, batch_size=256, lr=0.01, label_smoothing=0.1, crop_padding=4, hflip=True))
-    sam: SAMConfig = field(default_factory=SAMConfig)
-    l2_gamma: float = 0.005
+    options: dict = field(default_factory=_default_defense_options)
+
+    COMMON: typing.ClassVar[tuple[str, ...]] = ("clean_ratio", "clean_sampling", "train")
+
+    def __getattr__(self, name: str):
+        if name != "options" and not name.startswith("__"):
+            options = self.__dict__.get("options", {})
+            if name in options:
+                return options[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def check(self) -> None:
         if not 0.0 < self.clean_ratio <= 1.0:
             raise ConfigError(f"defense.clean_ratio must lie in (0, 1], got {self.clean_ratio!r}")
         _choice("defense.clean_sampling", self.clean_sampling, ("balanced", "uniform"))
         self.train.check("defense.train")
-        self.sam.check()
-        _range("defense.l2_gamma", self.l2_gamma, lo=0.0)
+        for name, cls in _defense_registry().items():
+            cls.check_options(self.options[name])
+
+    def to_dict(self) -> dict:
+        """Flat, as in a params file: the common keys and one mapping per defense."""
+        d = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+             for k, v in ((k, getattr(self, k)) for k in self.COMMON)}
+        d.update({name: dataclasses.asdict(opts) for name, opts in self.options.items()})
+        return d
+
+    def section(self, name: str) -> dict:
+        """What defense ``name``'s result depends on in this section: the common keys and its own
+        options (the part of its cache key that comes from here)."""
+        d = self.to_dict()
+        return {k: d[k] for k in (*self.COMMON, name)}
 
 
 @dataclass(frozen=True)
@@ -200,7 +235,7 @@ class Config:
         return dict(overrides)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _asdict(self)
 
     def digest(self, *sections: str) -> str:
         """A short stable hash of the named sections (all when none), for caching."""
@@ -307,11 +342,45 @@ def _refuse_duplicate_keys(node, prefix: str, path: Path) -> None:
             _refuse_duplicate_keys(item, f"{prefix}[{i}]", path)
 
 
+def _asdict(obj) -> dict:
+    """``dataclasses.asdict``, with the defense section flat as a params file writes it."""
+    if isinstance(obj, DefenseConfig):
+        return obj.to_dict()
+    return {f.name: _asdict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
+            for f in fields(obj) for v in (getattr(obj, f.name),)}
+
+
+def _build_defense(d: dict, prefix: str) -> DefenseConfig:
+    """The defense section: its common keys, then each defense's own section through that
+    defense's ``Options`` (a section left out takes the defense's defaults)."""
+    registry = _defense_registry()
+    common = {k: v for k, v in d.items() if k not in registry}
+    if "options" in common:
+        raise ConfigError(f"unknown key {prefix}.options; a defense's options go in {prefix}.<name> "
+                          f"(defenses: {', '.join(registry)})")
+    base = _build_fields(DefenseConfig, common, prefix, also_valid=tuple(registry))
+    options = {}
+    for name, cls in registry.items():
+        section = d.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{prefix}.{name} must be a mapping of {cls.title}'s options, got {section!r}")
+        options[name] = _build(cls.Options, _merge(_asdict(cls.Options()), section), f"{prefix}.{name}")
+    return replace(base, options=options)
+
+
 def _build(cls, d: dict, prefix: str):
     if not isinstance(d, dict):
         raise ConfigError(f"{prefix or 'params'} must be a mapping, got {d!r}")
+    if cls is DefenseConfig:
+        return _build_defense(d, prefix)
+    return _build_fields(cls, d, prefix)
+
+
+def _build_fields(cls, d: dict, prefix: str, also_valid: tuple[str, ...] = ()):
+    """``cls`` from the mapping ``d``: every key a field of ``cls`` (or one of ``also_valid``,
+    which the caller builds itself), every value checked against the field's type."""
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls)]
+    valid = [f.name for f in fields(cls) if not (cls is DefenseConfig and f.name == "options")] + list(also_valid)
     unknown = sorted(set(d) - set(valid))
     if unknown:
         where = f" in '{prefix}'" if prefix else ""
@@ -320,10 +389,12 @@ def _build(cls, d: dict, prefix: str):
     kwargs = {}
     defaults = cls()
     for name, value in d.items():
+        if name in also_valid:
+            continue
         key = f"{prefix}.{name}" if prefix else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            base = dataclasses.asdict(getattr(defaults, name))
+            base = _asdict(getattr(defaults, name))
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a mapping, got {value!r}")
             # nested sections start from the parent's default (e.g. defense.train) and update it

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from ftsam.attacks import Attack, PoisonedTestSet, PoisonedTrainSet, build_attack
-from ftsam.config import Config, ConfigError, DefenseConfig
+from ftsam.config import Config, ConfigError, DefenseConfig, stable_hash
 from ftsam.data import DatasetInfo, ImageSet, clean_subset, load_dataset
-from ftsam.defenses import build_defense
+from ftsam.defenses import Context, Given, build_defense, defense_class
 from ftsam.io import load_json, load_model, load_tensors, save_json, save_model, save_tensors
 from ftsam.metrics import accuracy, der, evaluate
 from ftsam.models import build_model
-from ftsam.train import fit, predict, resolve_device, seed_everything
+from ftsam.train import fit, predict, resolve_device, seed_everything, seeded
 
 
 @dataclass
@@ -45,6 +45,7 @@ class DefenseRun:
     history: list                      # epoch 0 is the backdoored model
     clean_index: list
     model: nn.Module = field(repr=False)
+    found: dict = field(default_factory=dict, repr=False)   # what the defense found (see Defended)
 
 
 MODE_SUFFIX = {"a2o": "all2one", "a2a": "all2all"}
@@ -164,40 +165,72 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
                      run_dir, device)
 
 
+def defense_overrides(defense: str, overrides: dict | None) -> dict:
+    """``overrides`` of the defense section as dotted keys of the whole config: keys relative to
+    ``defense.`` ("ft_sam.rho", "train.epochs", "clean_ratio"), or the bare name of one of the
+    defense's own options ("rho" for ``defense.ft_sam.rho``)."""
+    own = defense_class(defense).option_defaults()
+    out = {}
+    for key, value in (overrides or {}).items():
+        head = key.split(".")[0]
+        if head in own and head not in DefenseConfig.COMMON:
+            key = f"{defense}.{key}"
+        out[f"defense.{key}"] = value
+    return out
+
+
 def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress: bool | None = None,
            rerun: bool = False, on_update=None) -> DefenseRun:
-    """Apply ``defense`` (ft, ft_sam, ft_l2) to a copy of the backdoored model.
+    """Apply ``defense`` (any of :data:`ftsam.defenses.REGISTRY`) to the backdoored run.
 
-    ``overrides`` change the defense section for this call only, e.g. ``{"sam.rho": 4.0}``.
-    ``on_update(epoch, iteration, model)`` watches every update (see :func:`ftsam.train.fit`);
-    a cached result is not reused then, since the updates must happen to be watched."""
-    cfg = run.cfg.with_overrides({f"defense.{k}": v for k, v in (overrides or {}).items()})
+    The defense is given only what its threat model declares (:mod:`ftsam.defenses.base`): a copy
+    of the backdoored model, the defender's clean subset, or the poisoned training set; never the
+    test set or the trigger. The pipeline measures the result on the test set afterwards.
+    ``overrides`` change the defense section for this call only (see :func:`defense_overrides`),
+    e.g. ``{"rho": 4.0}`` or ``{"train.epochs": 10}``. ``on_update(epoch, iteration, model)``
+    watches every update of a fine-tuning defense (see :func:`ftsam.train.fit`); a cached result
+    is not reused then, since the updates must happen to be watched. Results are cached under the
+    run's directory by the defense's own cache key, so changing one defense's options never
+    reruns another."""
+    cfg = run.cfg.with_overrides(defense_overrides(defense, overrides))
     dcfg: DefenseConfig = cfg.defense
     impl = build_defense(defense, dcfg)
-    key = cfg.digest("defense")
-    out_dir = run.run_dir / f"{defense}-{key}"
-    model = copy.deepcopy(run.model)
+    out_dir = run.run_dir / f"{defense}-{stable_hash(impl.cache_inputs(cfg))}"
     idx = clean_subset(run.clean_train, dcfg.clean_ratio, cfg.seed, balanced=dcfg.clean_sampling == "balanced")
+    given = Given(defense, impl.needs, model=copy.deepcopy(run.model), clean=run.clean_train.subset(idx),
+                  poisoned=run.poisoned.data, new_model=lambda: build_model(cfg.model, run.info).to(run.device),
+                  scratch_train=cfg.attack_train)
     result_file, model_file = out_dir / "result.json", out_dir / "model.safetensors"
+    found_file = out_dir / "found.safetensors"
+
+    def ev(m):
+        return evaluate(m, run.test, run.test_bd, run.device)
+
     if result_file.is_file() and model_file.is_file() and not rerun and on_update is None:
-        load_model(model_file, model)
         result = load_json(result_file)
+        found = result.get("found", {}) | (load_tensors(found_file) if found_file.is_file() else {})
+        model = impl.restore(copy.deepcopy(run.model) if "model" in impl.needs else given.new_model(), found)
+        load_model(model_file, model)
     else:
-        def ev(m):
-            return evaluate(m, run.test, run.test_bd, run.device)
-        state = out_dir / "train_state.safetensors"
-        fitted = impl.run(model, run.clean_train.subset(idx), seed=cfg.seed, device=run.device, evaluate=ev,
-                          checkpoint=None if on_update else state, progress=progress, on_update=on_update)
-        final = last_evaluation(fitted.history, ev, model)
+        ctx = Context(seed=cfg.seed, device=run.device, state_dir=out_dir, progress=progress, evaluate=ev,
+                      on_update=on_update)
+        with seeded(cfg.seed, run.device):
+            out = impl.run(given, ctx)
+        model, found = out.model, out.found
+        final = last_evaluation(out.history, ev, model)
         final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
-        history = [{"epoch": 0, **run.metrics}] + fitted.history
-        result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final,
-                  "history": history, "clean_index": idx.tolist()}
+        history = [{"epoch": 0, **run.metrics}] + out.history
+        tensors = {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
+        result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final, "history": history,
+                  "clean_index": idx.tolist(), "found": {k: v for k, v in found.items() if k not in tensors}}
+        if tensors:
+            save_tensors(found_file, tensors)
         save_model(model_file, model)
         save_json(result_file, result)
-        state.unlink(missing_ok=True)
+        for state in out_dir.glob("*state*.safetensors"):
+            state.unlink(missing_ok=True)
     model.eval()
-    return DefenseRun(defense, impl.title, result["metrics"], result["history"], result["clean_index"], model)
+    return DefenseRun(defense, impl.title, result["metrics"], result["history"], result["clean_index"], model, found)
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The one training loop, for attack training and for every fine-tuning defense.
+"""The one training loop, for attack training and for every fine-tuning defense. Its unit is
+the *step* (forward, backward and update for one batch): :func:`sgd_step` here, FT-SAM's
+two-pass step in :mod:`ftsam.defenses.ft_sam`, each defense's own where it lives.
 
 Data stay uint8 tensors on the device; each batch is converted, augmented as a whole
 (random crop with padding, horizontal flip), optionally poisoned on the fly, and fed to the
@@ -8,6 +10,7 @@ reproducible and a resumed run continues exactly where it stopped.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -17,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ftsam.config import SAMConfig, TrainConfig
+from ftsam.config import TrainConfig
 from ftsam.data import ImageSet
-from ftsam.sam import SAM, frozen_bn
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,6 +56,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
+
+
+GLOBAL_STREAM = 1 << 40   # offsets the global random state's per-epoch seed from the generator's
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -129,26 +134,86 @@ def lr_at(cfg: TrainConfig, epoch: int, it: int, iters_per_epoch: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / cfg.cosine_t_max))
 
 
-def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device: str | torch.device = "cpu",
-        sam: SAMConfig | None = None, l2_gamma: float = 0.0, batch_hook: BatchHook | None = None,
+# ---- steps: forward, backward and update for one batch ----------------------------------
+Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def classification_loss(label_smoothing: float = 0.0) -> Loss:
+    """Cross-entropy of ``model(x)`` against ``y`` (under bf16 autocast on CUDA)."""
+    def loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with autocast(xb.device):
+            return F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
+    return loss
+
+
+class Step(Protocol):
+    """What :func:`fit` runs on every batch: forward, backward and the update of ``optimizer``
+    (whose learning rate ``fit`` sets from the schedule before each call). ``before_update``, when
+    given, is called once the gradients the update will use are in ``.grad``. Returns the loss
+    of the batch at the current weights. A step with state of its own (beyond the optimizer's)
+    also has ``state_tensors()`` and ``load_state_tensors(tensors)``, kept in the checkpoint."""
+    optimizer: torch.optim.Optimizer
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor,
+                 before_update: Callable[[], None] | None = None) -> torch.Tensor: ...
+
+
+@dataclass
+class SGDStep:
+    """The plain step: ``loss(model, x, y).backward()``, then the optimizer's update."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: Loss
+
+    def __call__(self, xb, yb, before_update=None):
+        loss = self.loss(self.model, xb, yb)
+        loss.backward()
+        if before_update is not None:
+            before_update()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+def sgd_step(model: nn.Module, cfg: TrainConfig, loss: Loss | None = None,
+             optimizer: torch.optim.Optimizer | None = None) -> SGDStep:
+    """A plain step with ``cfg``'s optimizer (SGD, momentum, weight decay) and, by default,
+    cross-entropy with ``cfg.label_smoothing``."""
+    return SGDStep(model, optimizer or make_optimizer(model, cfg), loss or classification_loss(cfg.label_smoothing))
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu"):
+    """Torch's global random state seeded with ``seed`` inside the block and restored after it:
+    the draws of dropout and of library code that takes no generator come from the run's seed."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        torch.manual_seed(seed)
+        yield
+
+
+def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, step: Step | None = None, *, seed: int,
+        device: str | torch.device = "cpu", batch_hook: BatchHook | None = None,
         evaluate: Callable[[nn.Module], dict] | None = None, checkpoint: str | Path | None = None,
         on_update: Callable[[int, int, nn.Module], None] | None = None,
         trainable: TrainableHook | None = None,
         desc: str = "train", progress: bool | None = None) -> FitResult:
-    """Train ``model`` on ``data`` for ``cfg.epochs`` epochs of SGD, FT-SAM when ``sam`` is set.
+    """Train ``model`` on ``data`` for ``cfg.epochs`` epochs, running ``step`` on every batch
+    (default: :func:`sgd_step` with ``cfg``'s settings; FT-SAM passes its two-pass step).
 
-    ``l2_gamma`` adds gamma * ||w||^2 to the loss (the l2 ablation, eq. 6). ``batch_hook``
-    poisons batches on the fly. ``evaluate(model)`` is called every ``cfg.eval_every`` epochs
-    and after the last; its dict goes into the history. ``on_update(epoch, iteration, model)``
-    sees the gradients the optimizer is about to use (for FT-SAM: those at w + eps). With ``checkpoint``, the state is
-    saved after each epoch (atomically) and a run finds and resumes it. ``trainable`` (see
-    :class:`TrainableHook`) is trained alongside the model (the batches ``batch_hook`` returns may
-    keep a graph to it); its state is part of the checkpoint. Not with ``sam``.
-    ``progress=None`` shows a tqdm bar only in a terminal."""
+    ``batch_hook`` poisons batches on the fly. ``evaluate(model)`` is called every
+    ``cfg.eval_every`` epochs and after the last; its dict goes into the history.
+    ``on_update(epoch, iteration, model)`` sees the gradients the optimizer is about to use (for
+    FT-SAM: those at w + eps). With ``checkpoint``, the state (model, the step's optimizer and
+    any state of the step) is saved after each epoch (atomically) and a run finds and resumes it.
+    ``trainable`` (see :class:`TrainableHook`) is trained alongside the model with the default
+    step (the batches ``batch_hook`` returns may keep a graph to it; its loss term is added to
+    the model's); its state is part of the checkpoint. ``progress=None`` shows a tqdm bar only
+    in a terminal."""
     from ftsam.checkpoint import load_train_state, save_train_state
-    if trainable is not None and sam is not None:
-        raise ValueError("fit: a trainable batch hook cannot be combined with SAM (its second pass "
-                         "would backpropagate through the hook's graph again)")
+    if trainable is not None and step is not None:
+        raise ValueError("fit: a trainable batch hook is trained with fit's own SGD step; pass no step "
+                         "(a two-pass step such as SAM's would backpropagate through the hook's graph again)")
     device = torch.device(device)
     model.to(device)
     if device.type == "cuda":
@@ -157,65 +222,56 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device
     n = len(data)
     drop_last = cfg.drop_last and n > cfg.batch_size and n % cfg.batch_size < max(2, cfg.batch_size // 4)
     iters = n // cfg.batch_size if drop_last else math.ceil(n / cfg.batch_size)
-    opt = make_optimizer(model, cfg)
-    minimizer = SAM(opt, model, sam.rho, sam.eta, sam.adaptive, sam.perturb) if sam else None
+    if step is None:
+        loss = classification_loss(cfg.label_smoothing)
+        if trainable is not None:
+            def loss(m, xb, yb, _ce=loss):   # the hook's term (e.g. Input-aware's diversity loss)
+                out = _ce(m, xb, yb)
+                extra = trainable.extra_loss()
+                return out if extra is None else out + extra
+        step = sgd_step(model, cfg, loss)
+    opt = step.optimizer
     result, start = FitResult(), 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        start, result.history = load_train_state(checkpoint, model, opt,
-                                                 trainable.load_state_tensors if trainable is not None else None)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def loss_fn(xb, yb):
-        with autocast(device):
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
-        if l2_gamma:
-            loss = loss + l2_gamma * sum(p.pow(2).sum() for p in params)
-        return loss
+        start, result.history = load_train_state(
+            checkpoint, model, opt, trainable.load_state_tensors if trainable is not None else None,
+            getattr(step, "load_state_tensors", None))
 
     bar = tqdm(range(start, cfg.epochs), desc=desc, initial=start, total=cfg.epochs,
                disable=None if progress is None else not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        g = epoch_generator(seed, epoch, device)
-        order = torch.randperm(n, generator=g, device=device)
-        total = torch.zeros((), device=device)
-        for it in range(iters):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, epoch, it, iters)
-            idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
-            xb = augment(x_all[idx], cfg.crop_padding, cfg.hflip, g).float().div_(255.0)
-            yb = y_all[idx]
-            if batch_hook is not None:
-                xb, yb = batch_hook(xb, yb, g)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(xb, yb)
-            if trainable is not None and (extra := trainable.extra_loss()) is not None:
-                loss = loss + extra
-            loss.backward()
-            if minimizer is None:
-                if on_update is not None:
-                    on_update(epoch, it, model)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+    # Dropout and any other draw without a generator: the global state, forked for this fit and
+    # reseeded from (seed, epoch) every epoch, so a resumed run draws what an uninterrupted one did.
+    with seeded(seed, device):
+        for epoch in bar:
+            torch.manual_seed(seed * 100_003 + epoch + GLOBAL_STREAM)
+            model.train()
+            g = epoch_generator(seed, epoch, device)
+            order = torch.randperm(n, generator=g, device=device)
+            total = torch.zeros((), device=device)
+            for it in range(iters):
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg, epoch, it, iters)
+                idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+                xb = augment(x_all[idx], cfg.crop_padding, cfg.hflip, g).float().div_(255.0)
+                yb = y_all[idx]
+                if batch_hook is not None:
+                    xb, yb = batch_hook(xb, yb, g)
+                if device.type == "cuda":
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                watch = None if on_update is None else (lambda e=epoch, i=it: on_update(e, i, model))
+                loss = step(xb, yb, watch)
                 if trainable is not None:
                     trainable.after_step(opt.param_groups[0]["lr"] / cfg.lr if cfg.lr else 1.0)
-            else:
-                minimizer.ascent_step()
-                with frozen_bn(model):
-                    loss_fn(xb, yb).backward()
-                if on_update is not None:
-                    on_update(epoch, it, model)
-                minimizer.descent_step()
-            total += loss.detach()
-        row = {"epoch": epoch + 1, "loss": float(total) / max(1, iters)}
-        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            row.update(evaluate(model))
-            bar.set_postfix({k: round(v, 2) for k, v in row.items() if isinstance(v, float)})
-        result.history.append(row)
-        if checkpoint is not None:
-            save_train_state(checkpoint, model, opt, epoch + 1, result.history,
-                             trainable.state_tensors() if trainable is not None else None)
+                total += loss.detach()
+            row = {"epoch": epoch + 1, "loss": float(total) / max(1, iters)}
+            if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                row.update(evaluate(model))
+                bar.set_postfix({k: round(v, 2) for k, v in row.items() if isinstance(v, float)})
+            result.history.append(row)
+            if checkpoint is not None:
+                save_train_state(checkpoint, model, opt, epoch + 1, result.history,
+                                 trainable.state_tensors() if trainable is not None else None,
+                                 step.state_tensors() if hasattr(step, "state_tensors") else None)
     bar.close()
     model.eval()
     return result

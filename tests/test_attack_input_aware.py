@@ -14,6 +14,7 @@ from ftsam.config import AttackConfig, ConfigError, DataConfig, SAMConfig, Train
 from ftsam.data import DatasetInfo, ImageSet, load_dataset
 from ftsam.io import load_tensors
 from ftsam.models.preact_resnet import PreActResNet18
+from ftsam.defenses.ft_sam import sam_step
 from ftsam.train import fit
 
 TINY = {"channels": 4, "mask_epochs": 0}
@@ -285,8 +286,9 @@ def test_fit_trains_the_generator_and_resumes_exactly(tmp_path, digits):
 
 def test_fit_refuses_sam_with_a_trainable_hook(digits):
     a = attack(train=digits)
+    m = tiny_model()
     with pytest.raises(ValueError, match="SAM"):
-        fit(tiny_model(), digits.subset(torch.arange(32)), CFG, seed=0, sam=SAMConfig(rho=1.0),
+        fit(m, digits.subset(torch.arange(32)), CFG, sam_step(m, CFG, SAMConfig(rho=1.0)), seed=0,
             batch_hook=a.poison_batch, trainable=a, progress=False)
 
 

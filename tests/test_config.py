@@ -57,13 +57,13 @@ def test_unknown_key_error_names_the_file(tmp_path):
 # ---- values out of range ----------------------------------------------------------------
 @pytest.mark.parametrize("rho", [-1, 0, 0.0])
 def test_bad_rho(rho):
-    msg = error_of({"defense": {"sam": {"rho": rho}}})
-    assert "defense.sam.rho" in msg and str(rho) in msg
+    msg = error_of({"defense": {"ft_sam": {"rho": rho}}})
+    assert "defense.ft_sam.rho" in msg and str(rho) in msg
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_numbers_refused(value):
-    assert "defense.sam.rho" in error_of({"defense": {"sam": {"rho": value}}})
+    assert "defense.ft_sam.rho" in error_of({"defense": {"ft_sam": {"rho": value}}})
     assert "attack_train.lr" in error_of({"attack_train": {"lr": value}})
 
 
@@ -109,8 +109,8 @@ def test_unknown_choice(section, key, bad, choices):
 
 
 def test_unknown_sam_perturb():
-    msg = error_of({"defense": {"sam": {"perturb": "bias"}}})
-    assert "defense.sam.perturb" in msg and "all" in msg and "weights" in msg
+    msg = error_of({"defense": {"ft_sam": {"perturb": "bias"}}})
+    assert "defense.ft_sam.perturb" in msg and "all" in msg and "weights" in msg
 
 
 # ---- wrong types ------------------------------------------------------------------------
@@ -180,10 +180,10 @@ def test_options_of_another_attack_refused():
 # ---- overrides --------------------------------------------------------------------------
 def test_overrides_go_through_the_checks(tmp_path):
     p = write(tmp_path, {"seed": 3})
-    cfg = load_config(p, overrides={"defense.sam.rho": 4.0, "attack.options.patch_size": 2})
-    assert cfg.defense.sam.rho == 4.0 and cfg.attack.options == {"patch_size": 2} and cfg.seed == 3
-    with pytest.raises(ConfigError, match="defense.sam.rho"):
-        load_config(p, overrides={"defense.sam.rho": -1})
+    cfg = load_config(p, overrides={"defense.ft_sam.rho": 4.0, "attack.options.patch_size": 2})
+    assert cfg.defense.ft_sam.rho == 4.0 and cfg.attack.options == {"patch_size": 2} and cfg.seed == 3
+    with pytest.raises(ConfigError, match="defense.ft_sam.rho"):
+        load_config(p, overrides={"defense.ft_sam.rho": -1})
     with pytest.raises(ConfigError, match="attack.options.foo"):
         load_config(p, overrides={"attack.options.foo": 1})
 
@@ -207,7 +207,7 @@ def test_bad_override_key(tmp_path, key, needle):
 def test_bad_override_key_lists_valid_keys(tmp_path):
     p = write(tmp_path, {"seed": 0})
     with pytest.raises(ConfigError) as e:
-        load_config(p, overrides={"defense.sam.rhoo": 1.0})
+        load_config(p, overrides={"defense.ft_sam.rhoo": 1.0})
     for k in ("rho", "eta", "adaptive", "perturb"):
         assert k in str(e.value)
 
@@ -231,13 +231,13 @@ def test_partial_file_fills_defaults(tmp_path):
 
 def test_nested_defaults_are_kept(tmp_path):
     """defense.train has its own defaults (not TrainConfig's): giving a few keys keeps the rest."""
-    p = write(tmp_path, {"defense": {"train": {"epochs": 5, "lr": 0.02}, "sam": {"rho": 1.0}}})
+    p = write(tmp_path, {"defense": {"train": {"epochs": 5, "lr": 0.02}, "ft_sam": {"rho": 1.0}}})
     cfg = load_config(p)
     default = DefenseConfig().train
     assert cfg.defense.train == dataclasses.replace(default, epochs=5, lr=0.02)
     assert cfg.defense.train.label_smoothing == 0.1 and cfg.defense.train.crop_padding == 4
     assert cfg.defense.train.hflip is True and cfg.defense.train.batch_size == 256
-    assert cfg.defense.sam.adaptive is True and cfg.defense.sam.rho == 1.0
+    assert cfg.defense.ft_sam.adaptive is True and cfg.defense.ft_sam.rho == 1.0
     assert cfg.defense.clean_ratio == DefenseConfig().clean_ratio
     # attack_train's defaults likewise differ from TrainConfig()'s
     p2 = write(tmp_path, {"attack_train": {"epochs": 3}}, "p2.yaml")
@@ -247,8 +247,8 @@ def test_nested_defaults_are_kept(tmp_path):
 
 
 def test_ints_accepted_for_floats(tmp_path):
-    cfg = load_config(write(tmp_path, {"defense": {"sam": {"rho": 2}}}))
-    assert isinstance(cfg.defense.sam.rho, float) and cfg.defense.sam.rho == 2.0
+    cfg = load_config(write(tmp_path, {"defense": {"ft_sam": {"rho": 2}}}))
+    assert isinstance(cfg.defense.ft_sam.rho, float) and cfg.defense.ft_sam.rho == 2.0
 
 
 def test_round_trip_through_dict():
@@ -258,15 +258,15 @@ def test_round_trip_through_dict():
 
 # ---- digest -----------------------------------------------------------------------------
 def test_digest_stable_and_sensitive(tmp_path):
-    p = write(tmp_path, {"seed": 1, "defense": {"sam": {"rho": 2.0}}})
+    p = write(tmp_path, {"seed": 1, "defense": {"ft_sam": {"rho": 2.0}}})
     a, b = load_config(p), load_config(p)
     assert a.digest() == b.digest() and len(a.digest()) == 16
     assert a.digest("attack", "data") == b.digest("attack", "data")
     # the same values written in another order or spelling give the same digest
     p2 = tmp_path / "q.yaml"
-    p2.write_text("defense:\n  sam:\n    rho: 2\nseed: 1\n")
+    p2.write_text("defense:\n  ft_sam:\n    rho: 2\nseed: 1\n")
     assert load_config(p2).digest() == a.digest()
-    c = a.with_overrides({"defense.sam.rho": 3.0})
+    c = a.with_overrides({"defense.ft_sam.rho": 3.0})
     assert c.digest() != a.digest()
     assert c.digest("attack", "data", "model") == a.digest("attack", "data", "model")
     assert c.digest("defense") != a.digest("defense")

@@ -11,6 +11,7 @@ from torch import nn
 
 from ftsam.checkpoint import load_train_state, save_train_state
 from ftsam.config import DataConfig, SAMConfig, TrainConfig
+from ftsam.defenses.ft_sam import sam_step
 from ftsam.data import load_dataset
 from ftsam.io import CheckpointError, load_json, load_model, load_tensors, save_json, save_model, save_tensors
 from ftsam.models.preact_resnet import PreActResNet18
@@ -214,16 +215,20 @@ def _evaluator(data, fail_at: int | None = None):
     return evaluate
 
 
+def _step(model, sam):
+    return sam_step(model, CFG, sam) if sam is not None else None
+
+
 @pytest.mark.parametrize("sam", [None, SAMConfig(rho=0.5)], ids=["sgd", "sam"])
 def test_resume_matches_uninterrupted_run(tmp_path, digits64, sam):
     ref = tiny_model(0)
-    ref_hist = fit(ref, digits64, CFG, seed=3, sam=sam, evaluate=_evaluator(digits64), progress=False).history
+    ref_hist = fit(ref, digits64, CFG, _step(ref, sam), seed=3, evaluate=_evaluator(digits64), progress=False).history
     assert [r["epoch"] for r in ref_hist] == [1, 2, 3, 4]
 
     ckpt = tmp_path / "state.safetensors"
     first = tiny_model(0)
     with pytest.raises(Interrupted):  # stopped while ending epoch 3: the state of epoch 2 is on disk
-        fit(first, digits64, CFG, seed=3, sam=sam, evaluate=_evaluator(digits64, fail_at=3),
+        fit(first, digits64, CFG, _step(first, sam), seed=3, evaluate=_evaluator(digits64, fail_at=3),
             checkpoint=ckpt, progress=False)
     assert ckpt.is_file() and leftovers(tmp_path) == []
     probe = tiny_model(5)
@@ -231,7 +236,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, digits64, sam):
     assert epoch == 2 and hist == ref_hist[:2]
 
     resumed = tiny_model(7)  # another initialisation: everything must come from the checkpoint
-    hist = fit(resumed, digits64, CFG, seed=3, sam=sam, evaluate=_evaluator(digits64),
+    hist = fit(resumed, digits64, CFG, _step(resumed, sam), seed=3, evaluate=_evaluator(digits64),
                checkpoint=ckpt, progress=False).history
     assert hist == ref_hist
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
@@ -239,7 +244,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, digits64, sam):
 
     # a finished run found on disk is not trained again
     again = tiny_model(9)
-    hist = fit(again, digits64, CFG, seed=3, sam=sam, evaluate=_evaluator(digits64), checkpoint=ckpt,
+    hist = fit(again, digits64, CFG, _step(again, sam), seed=3, evaluate=_evaluator(digits64), checkpoint=ckpt,
                progress=False).history
     assert hist == ref_hist
     for (k, a), (_, b) in zip(ref.state_dict().items(), again.state_dict().items()):

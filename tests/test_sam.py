@@ -16,6 +16,7 @@ from torch import nn
 
 from ftsam.config import SAMConfig, TrainConfig
 from ftsam.data import ImageSet
+from ftsam.defenses.ft_sam import sam_step
 from ftsam.sam import SAM, frozen_bn
 from ftsam.train import fit
 
@@ -235,7 +236,7 @@ def test_fit_with_sam_updates_bn_stats_from_the_first_pass_only():
     twice(data.x.float() / 255.0)                     # what two passes would give
 
     w_before = copy.deepcopy(model.state_dict())
-    fit(model, data, cfg, seed=0, sam=SAMConfig(rho=2.0), progress=False)
+    fit(model, data, cfg, sam_step(model, cfg, SAMConfig(rho=2.0)), seed=0, progress=False)
 
     got, want, two = bn_state(model), bn_state(reference), bn_state(twice)
     assert got["1.num_batches_tracked"].item() == 1
@@ -254,6 +255,6 @@ def test_fit_sam_step_differs_from_plain_sgd_step():
                         torch.randint(0, 3, (8,), generator=g))
         cfg = TrainConfig(epochs=1, batch_size=8, lr=0.1, momentum=0.0, weight_decay=0.0,
                           crop_padding=0, hflip=False, schedule="constant")
-        fit(model, data, cfg, seed=0, sam=sam, progress=False)
+        fit(model, data, cfg, sam_step(model, cfg, sam) if sam else None, seed=0, progress=False)
         return model[2].weight.detach().clone()
     assert not torch.allclose(run(None), run(SAMConfig(rho=1.0)))

@@ -4,26 +4,14 @@ Every module in this package that defines an :class:`Attack` subclass with a ``n
 registered under that name; adding an attack is adding its file."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import sys
 
 from ftsam.attacks.base import Attack, PoisonedTestSet, PoisonedTrainSet
 from ftsam.config import AttackConfig, ConfigError
 from ftsam.data import DatasetInfo
+from ftsam.registry import discover
 
-
-def _discover() -> dict[str, type[Attack]]:
-    found: dict[str, type[Attack]] = {}
-    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"):
-        module = importlib.import_module(f"{__name__}.{mod}")
-        for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Attack) and obj.__module__ == module.__name__ \
-                    and "name" in vars(obj):
-                found[obj.name] = obj
-    return found
-
-
-REGISTRY: dict[str, type[Attack]] = _discover()
+REGISTRY: dict[str, type[Attack]] = discover(sys.modules[__name__], Attack)
 
 
 def attack_class(name: str) -> type[Attack]:

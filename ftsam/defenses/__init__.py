@@ -1,18 +1,33 @@
-"""Defenses, one file each."""
-from ftsam.config import DEFENSES, ConfigError, DefenseConfig
-from ftsam.defenses.base import Defense
-from ftsam.defenses.ft import FT
-from ftsam.defenses.ft_l2 import FTL2
-from ftsam.defenses.ft_sam import FTSAM
+"""Defenses, one file each, behind the interface of :mod:`ftsam.defenses.base`.
 
-REGISTRY: dict[str, type[Defense]] = {cls.name: cls for cls in (FT, FTSAM, FTL2)}
-assert tuple(REGISTRY) == DEFENSES
+Every module here that defines a :class:`Defense` subclass with a ``name`` is registered under
+that name, with its options section ``defense.<name>``; adding a defense is adding its file."""
+from __future__ import annotations
+
+import sys
+
+from ftsam.config import ConfigError, DefenseConfig
+from ftsam.defenses.base import Context, Defended, Defense, Given, ThreatModelError
+from ftsam.registry import discover
+
+REGISTRY: dict[str, type[Defense]] = discover(sys.modules[__name__], Defense)
+
+
+def defense_class(name: str) -> type[Defense]:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown defense {name!r}; valid choices: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def build_defense(name: str, cfg: DefenseConfig) -> Defense:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown defense {name!r}; valid choices: {', '.join(REGISTRY)}")
-    return REGISTRY[name](cfg)
+    return defense_class(name)(cfg)
 
 
-__all__ = ["Defense", "REGISTRY", "build_defense"]
+def describe() -> dict[str, dict]:
+    """Every defense: its title, what it is given and its options with their defaults."""
+    return {name: {"title": cls.title, "given": list(cls.needs), "options": cls.option_defaults()}
+            for name, cls in REGISTRY.items()}
+
+
+__all__ = ["Context", "Defended", "Defense", "Given", "ThreatModelError", "REGISTRY", "build_defense",
+           "defense_class", "describe"]
