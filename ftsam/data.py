@@ -207,7 +207,8 @@ def read_idx(path: Path) -> np.ndarray:
         with (gzip.open if gz else open)(path, "rb") as f:
             data = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"{path}: damaged gzip file ({e}); expected a gzipped IDX file, download it again", path) from None
+        raise DataError(f"{path}: damaged gzip file ({e}); expected a gzipped IDX file, download it again",
+                        path) from None
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08 or not 1 <= data[3] <= 4:
         raise DataError(f"{path}: not an unsigned-byte IDX file (expected the header 00 00 08 <ndim>, "
                         f"got {data[:4].hex(' ') or 'nothing'})", path)

@@ -102,7 +102,8 @@ def _assignments(source: str) -> dict[str, Any]:
     the value is not a literal)."""
     out: dict[str, Any] = {}
     for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AnnAssign) else [])
         for t in targets:
             if isinstance(t, ast.Name):
                 try:

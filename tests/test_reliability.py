@@ -515,3 +515,107 @@ def test_batch_inplace_keeps_the_notebook_when_the_run_fails(tmp_path, capsys):
     assert main(["--inplace", str(nb)]) == 0
     ran = nbformat.read(nb, as_version=4)
     assert "ok run" in str(ran.cells[0].outputs) and "papermill" not in ran.metadata
+
+
+# ---- the run cache: damaged entries rebuilt, keyed by the data, one process per run --------
+from ftsam import experiment  # noqa: E402
+
+TINY = {"seed": 0, "data": {"name": "digits", "train_per_class": 20, "test_per_class": 10},
+        "model": {"name": "preactresnet18", "width": 2},
+        "attack_train": {"epochs": 1, "batch_size": 32, "lr": 0.05},
+        "defense": {"clean_ratio": 0.5, "train": {"epochs": 1, "batch_size": 32}}}
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Counts the training runs of the pipeline."""
+    calls = []
+    real = experiment.fit
+
+    def counting(*a, **kw):
+        calls.append(kw.get("checkpoint"))
+        return real(*a, **kw)
+    monkeypatch.setattr(experiment, "fit", counting)
+    return calls
+
+
+def _cut(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "result.json"])
+def test_damaged_cached_run_is_reported_and_trained_again(tmp_path, fits, victim):
+    cfg = from_dict(TINY)
+    first = experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False)
+    assert len(fits) == 1
+    _cut(first.run_dir / victim)
+    with pytest.warns(CacheWarning, match="damaged cache entry") as w:
+        again = experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False)
+    assert str(first.run_dir / victim) in str(w[0].message)
+    assert len(fits) == 2 and again.metrics == first.metrics
+    load_json(first.run_dir / "result.json")                   # whole again
+    experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False)
+    assert len(fits) == 2                                      # and reused from now on
+
+
+def test_damaged_cached_defense_is_trained_again(tmp_path):
+    run = experiment.train_backdoor(from_dict(TINY), cache_dir=tmp_path, device="cpu", progress=False)
+    first = experiment.defend(run, "ft", progress=False)
+    (result,) = run.run_dir.glob("ft-*/result.json")
+    result.write_text('{"metrics": {"acc": 1')
+    with pytest.warns(CacheWarning, match=str(result)):
+        again = experiment.defend(run, "ft", progress=False)
+    assert again.metrics == first.metrics and load_json(result)["metrics"] == first.metrics
+
+
+def test_unreadable_training_state_starts_the_run_again(tmp_path, fits):
+    cfg = from_dict(TINY)
+    run_dir = tmp_path / experiment.attack_key(cfg, "sklearn-digits")
+    run_dir.mkdir(parents=True)
+    state = run_dir / "train_state.safetensors"
+    save_tensors(state, {"model.w": torch.zeros(100)})
+    _cut(state)
+    with pytest.warns(CacheWarning, match="starting that run again") as w:
+        run = experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False)
+    assert str(state) in str(w[0].message) and run.run_dir == run_dir
+    assert not state.exists() and (run_dir / "model.safetensors").is_file()
+
+
+def test_changed_dataset_files_are_not_answered_from_the_old_run(tmp_path, fits):
+    data_root = tmp_path / "data"
+    _write_cifar_py(data_root, n=6)
+    cfg = from_dict(TINY | {"data": {"name": "cifar10", "root": str(data_root)}})
+    a = experiment.train_backdoor(cfg, cache_dir=tmp_path / "runs", device="cpu", progress=False)
+    experiment.train_backdoor(cfg, cache_dir=tmp_path / "runs", device="cpu", progress=False)
+    assert len(fits) == 1
+    f = data_root / "cifar-10-batches-py" / "data_batch_1"
+    x, y = _cifar_records(6, offset=3)                       # other images in one batch
+    with open(f, "wb") as fh:
+        pickle.dump({"data": x, "labels": y}, fh, protocol=2)
+    b = experiment.train_backdoor(cfg, cache_dir=tmp_path / "runs", device="cpu", progress=False)
+    assert len(fits) == 2 and b.run_dir != a.run_dir
+
+
+def test_moved_data_keeps_its_runs(tmp_path):
+    cfg = from_dict(TINY)
+    moved = cfg.with_overrides({"data.root": str(tmp_path / "elsewhere")})
+    assert experiment.attack_key(cfg, "fp") == experiment.attack_key(moved, "fp") != experiment.attack_key(cfg, "x")
+    assert experiment.clean_key(cfg, "fp") != experiment.clean_key(cfg, "x")
+
+
+def test_two_workers_on_one_run_train_it_once(tmp_path, fits):
+    cfg = from_dict(TINY)
+    runs, errors = [], []
+
+    def worker():
+        try:
+            runs.append(experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False))
+        except BaseException as e:   # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(runs) == 2
+    assert len(fits) == 1 and runs[0].metrics == runs[1].metrics
