@@ -619,3 +619,16 @@ def test_two_workers_on_one_run_train_it_once(tmp_path, fits):
         t.join()
     assert not errors and len(runs) == 2
     assert len(fits) == 1 and runs[0].metrics == runs[1].metrics
+
+
+def test_damaged_attack_resource_is_reported_and_built_again(tmp_path):
+    from test_attacks_lf_trojan import Spy, linear_model, prepared_lf
+    spy = Spy(linear_model())
+    a = prepared_lf(tmp_path, spy=spy)
+    (res,) = tmp_path.glob("lf-*.safetensors")
+    _cut(res)
+    with pytest.warns(CacheWarning, match="damaged cache entry") as w:
+        b = prepared_lf(tmp_path, spy=spy)
+    assert str(res) in str(w[0].message) and spy.calls == 2 and torch.equal(a.delta, b.delta)
+    prepared_lf(tmp_path, spy=spy)
+    assert spy.calls == 2                      # the rebuilt one is read back
