@@ -159,6 +159,14 @@ def test_params_file_resolves_data_root_from_any_cwd(tmp_path, monkeypatch):
         roots.append(load_config(rel).data.root)
     assert roots == [str(project / "data")] * 3
     assert project_root(project / "notebooks") == project == project_root(p.parent)
+    # and the same files are found: CIFAR-10 at data/cifar-10-batches-py/, as the README says
+    _write_cifar_py(project / "data")
+    found = []
+    for cwd, rel in ((project, "params/c.yaml"), (project / "notebooks", "../params/c.yaml")):
+        monkeypatch.chdir(cwd)
+        *_, info = load_dataset(load_config(rel).data)
+        found.append(info.fingerprint)
+    assert found[0] == found[1] != ""
 
 
 def test_absolute_data_root_and_file_outside_a_project(tmp_path):
