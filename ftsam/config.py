@@ -318,6 +318,11 @@ def read_yaml(path: str | Path) -> Any:
             return None
         _refuse_duplicate_keys(node, "", path)
         return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     finally:

@@ -131,9 +131,9 @@ def test_strings_stay_strings(tmp_path):
 
 def test_yaml_syntax_error_names_the_file(tmp_path):
     p = _params(tmp_path, "defense:\n  clean_ratio: [0.1\n")
-    with pytest.raises(ConfigError, match="not valid YAML") as e:
+    with pytest.raises(ConfigError, match="not valid YAML at line 3, column 1") as e:
         load_config(p)
-    assert str(p) in str(e.value)
+    assert str(p) in str(e.value) and "flow sequence" in str(e.value)
 
 
 @pytest.mark.parametrize("size", [1, 2, 7])
