@@ -7,6 +7,9 @@ The pieces, one small module each: :mod:`ftsam.config` (typed params), :mod:`fts
 """
 from ftsam.config import Config, ConfigError, load_config
 from ftsam.experiment import AttackRun, DefenseRun, defend, train_backdoor
+from ftsam.datasets_byo import register_dataset
+from ftsam.purify import Purified, purify
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "load_config", "train_backdoor", "defend", "AttackRun", "DefenseRun"]
+__all__ = ["Config", "ConfigError", "load_config", "train_backdoor", "defend", "AttackRun", "DefenseRun",
+           "purify", "Purified", "register_dataset"]

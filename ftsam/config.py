@@ -47,7 +47,8 @@ class DataConfig:
     test_per_class: int = 0     # the same for the test set (0: all)
 
     def check(self) -> None:
-        _choice("data.name", self.name, DATASETS)
+        from ftsam.datasets_byo import check_dataset_name   # late import: built-in, folder, arrays, registered
+        check_dataset_name(self.name)
         _range("data.image_size", self.image_size, lo=0)
         if 0 < self.image_size < MIN_IMAGE_SIZE:
             raise ConfigError(f"data.image_size must be 0 (the dataset's own size) or at least {MIN_IMAGE_SIZE}, "

@@ -102,8 +102,9 @@ def fingerprint(paths: list[Path], base: Path, extra: str = "") -> str:
 
 def load_dataset(cfg: DataConfig) -> tuple[ImageSet, ImageSet, DatasetInfo]:
     """Load ``cfg.name`` as uint8 tensors, resized to ``cfg.image_size`` when that is set."""
-    if cfg.name not in DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {cfg.name!r}; valid choices: {', '.join(DATASETS)}")
+    if cfg.name not in DATASETS:   # a dataset the user brings (folder, arrays, registered): ftsam.datasets_byo
+        from ftsam.datasets_byo import load_byo
+        return load_byo(cfg)
     root = Path(cfg.root)
     loader = {"digits": _digits, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10,
               "gtsrb": _gtsrb, "tiny_imagenet": _tiny_imagenet}[cfg.name]
@@ -195,7 +196,7 @@ def _digits() -> tuple[ImageSet, ImageSet]:
         test_idx.append(idx[: len(idx) // 4])
     test_mask = torch.zeros(len(y), dtype=torch.bool)
     test_mask[torch.cat(test_idx)] = True
-    return ImageSet(x[~test_mask], y[~test_mask]), ImageSet(x[test_mask], y[test_mask]), "sklearn-digits"
+    return ImageSet(x[~test_mask], y[~test_mask]), ImageSet(x[test_mask], y[test_mask]), ""
 
 
 # ---- Fashion-MNIST (IDX files: Debian's package, or torchvision's raw folder) ----------

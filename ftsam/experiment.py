@@ -87,24 +87,33 @@ def attack_label(cfg: Config) -> str:
     return f"{title}-{'A2O' if cfg.attack.mode == 'all2one' else 'A2A'}" if cfg.attack.name == "badnets" else title
 
 
-def run_digest(cfg: Config, source: str, *sections: str) -> str:
-    """The hash of a run's cache key: the config ``sections`` it depends on and ``source``, the
-    fingerprint of the dataset's files (:attr:`DatasetInfo.fingerprint`), so changed data is
-    never answered with a model trained on the old. Where the data lies (``data.root``) is left
-    out: the fingerprint stands for it, and a moved checkout keeps its runs."""
+def attack_key(cfg: Config, info: DatasetInfo | None = None) -> str:
+    digest = _config_digest(cfg, "seed", "data", "model", "attack", "attack_train")
+    return f"{cfg.data.name}-{cfg.model.name}-{cfg.attack.name}-{digest}" + _content_key(cfg, info)
+
+
+def clean_key(cfg: Config, info: DatasetInfo | None = None) -> str:
+    digest = _config_digest(cfg, "seed", "data", "model", "attack_train")
+    return f"{cfg.data.name}-{cfg.model.name}-clean-{digest}" + _content_key(cfg, info)
+
+
+def _config_digest(cfg: Config, *sections: str) -> str:
+    """:meth:`Config.digest` of ``sections``, leaving out where the data lies (``data.root``): the
+    content key stands for the data, and a moved checkout keeps its runs."""
     d = {k: v for k, v in cfg.to_dict().items() if k in sections}
-    if "data" in d:
-        d["data"] = {k: v for k, v in d["data"].items() if k != "root"}
-    return stable_hash({"config": d, "source": source})
+    d["data"] = {k: v for k, v in d["data"].items() if k != "root"}
+    return stable_hash(d)
 
 
-def attack_key(cfg: Config, source: str) -> str:
-    digest = run_digest(cfg, source, "seed", "data", "model", "attack", "attack_train")
-    return f"{cfg.data.name}-{cfg.model.name}-{cfg.attack.name}-{digest}"
-
-
-def clean_key(cfg: Config, source: str) -> str:
-    return f"{cfg.data.name}-{cfg.model.name}-clean-{run_digest(cfg, source, 'seed', 'data', 'model', 'attack_train')}"
+def _content_key(cfg: Config, info: DatasetInfo | None) -> str:
+    """The dataset's :attr:`DatasetInfo.fingerprint` (the names, sizes and modification times of a
+    built-in dataset's files; the content of one the user brings, ftsam.datasets_byo), so changed
+    files never return an old model. Digits, read from inside scikit-learn, have none."""
+    if info is not None and info.fingerprint:
+        return f"-{info.fingerprint}"
+    if info is None and cfg.data.name != "digits":
+        raise ValueError(f"the cache key of dataset {cfg.data.name!r} needs its loaded DatasetInfo (content fingerprint)")
+    return ""
 
 
 def _rebuilding(e: DamagedFile) -> None:
@@ -129,7 +138,7 @@ def train_clean(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto
     LF, Trojan and CLA build their triggers from), cached like a backdoored model."""
     device = resolve_device(str(device))
     train, test, info = load_dataset(cfg.data)
-    run_dir = Path(cache_dir) / clean_key(cfg, info.fingerprint)
+    run_dir = Path(cache_dir) / clean_key(cfg, info)
     model_file = run_dir / "model.safetensors"
     with run_lock(run_dir):
         seed_everything(cfg.seed)
@@ -162,9 +171,9 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
     device = resolve_device(device)
     train, test, info = load_dataset(cfg.data)
     attack = build_attack(cfg.attack, info)
-    run_dir = Path(cache_dir) / attack_key(cfg, info.fingerprint)
+    run_dir = Path(cache_dir) / attack_key(cfg, info)
     attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources",
-                   key=clean_key(cfg, info.fingerprint), device=device,
+                   key=clean_key(cfg, info), device=device,
                    clean_model=lambda: train_clean(cfg, cache_dir, device, progress))
     poisoned = attack.poison_trainset(train, cfg.seed)
     trainable = attack.trainable

@@ -578,7 +578,7 @@ def test_damaged_cached_defense_is_trained_again(tmp_path):
 
 def test_unreadable_training_state_starts_the_run_again(tmp_path, fits):
     cfg = from_dict(TINY)
-    run_dir = tmp_path / experiment.attack_key(cfg, "sklearn-digits")
+    run_dir = tmp_path / experiment.attack_key(cfg)
     run_dir.mkdir(parents=True)
     state = run_dir / "train_state.safetensors"
     save_tensors(state, {"model.w": torch.zeros(100)})
@@ -605,10 +605,15 @@ def test_changed_dataset_files_are_not_answered_from_the_old_run(tmp_path, fits)
 
 
 def test_moved_data_keeps_its_runs(tmp_path):
-    cfg = from_dict(TINY)
+    import dataclasses
+    cfg = from_dict(TINY | {"data": {"name": "cifar10", "root": "data"}})
     moved = cfg.with_overrides({"data.root": str(tmp_path / "elsewhere")})
-    assert experiment.attack_key(cfg, "fp") == experiment.attack_key(moved, "fp") != experiment.attack_key(cfg, "x")
-    assert experiment.clean_key(cfg, "fp") != experiment.clean_key(cfg, "x")
+    info = data.DatasetInfo("cifar10", 3, 32, 10, (0.5,) * 3, (0.5,) * 3, "fp")
+    other = dataclasses.replace(info, fingerprint="x")
+    assert experiment.attack_key(cfg, info) == experiment.attack_key(moved, info) != experiment.attack_key(cfg, other)
+    assert experiment.clean_key(cfg, info) != experiment.clean_key(cfg, other)
+    with pytest.raises(ValueError, match="fingerprint"):      # never a key without the data's files
+        experiment.attack_key(cfg)
 
 
 def test_two_workers_on_one_run_train_it_once(tmp_path, fits):
