@@ -4,17 +4,22 @@ Without ``--params`` the notebooks run on their defaults (the offline setting) a
 figures to ``figures/``. With ``--params params/X.yaml`` they run on that file and write to
 ``figures/X/`` and ``results/X/``. Executed copies go to ``notebooks/executed/`` (or, with
 ``--inplace``, over the committed notebooks, which is how their reference outputs for nbval are
-refreshed). A failing notebook is reported and the batch goes on; the exit code says whether
-all passed.
+refreshed: a notebook is replaced only when its run succeeded; a failed run is left in
+``notebooks/executed/`` instead). Each notebook gets only the parameters its ``parameters``
+cell declares. A failing notebook is reported and the batch goes on; the exit code says
+whether all passed.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+
+from ftsam.io import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 VOLATILE_METADATA = ("papermill", "execution")
@@ -52,25 +57,42 @@ def main(argv: list[str] | None = None) -> int:
         tag = params.stem
         parameters.update(params_file=str(params), figures_dir=str(REPO / "figures" / tag),
                           results_dir=str(REPO / "results" / tag), check=False)
-    out_dir = nb_dir / "executed"
     failed, t0 = [], time.time()
     for nb in notebooks:
+        out_dir = nb.parent / "executed"
         out = nb if args.inplace else out_dir / (f"{nb.stem}-{tag}.ipynb" if tag else nb.name)
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.time()
-        print(f"[ftsam.batch] {nb.name} -> {out.relative_to(REPO)}", flush=True)
-        try:
-            pm.execute_notebook(str(nb), str(out), parameters=parameters if (tag or args.device != "auto") else None,
-                                cwd=str(nb_dir), kernel_name="python3", progress_bar=False, log_output=False)
-            strip_volatile(out)
-            print(f"[ftsam.batch]   ok in {time.time() - start:.0f} s", flush=True)
-        except Exception as e:  # report and go on with the batch
-            failed.append(nb.name)
-            print(f"[ftsam.batch]   FAILED after {time.time() - start:.0f} s: {type(e).__name__}: "
-                  f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}", flush=True)
+        print(f"[ftsam.batch] {nb.name} -> {_shown(out)}", flush=True)
+        # only the parameters this notebook declares (notebook 00 has no results_dir, 08 no device)
+        declared = pm.inspect_notebook(str(nb))
+        given = {k: v for k, v in parameters.items() if k in declared} if (tag or args.device != "auto") else {}
+        # the run goes to a temporary file; the target is (atomically) replaced only on success
+        with tempfile.TemporaryDirectory(prefix="ftsam-batch-") as tmp_dir:
+            tmp = Path(tmp_dir) / nb.name
+            try:
+                pm.execute_notebook(str(nb), str(tmp), parameters=given or None,
+                                    cwd=str(nb.parent), kernel_name="python3", progress_bar=False, log_output=False)
+                strip_volatile(tmp)
+                atomic_write_bytes(out, tmp.read_bytes())
+                print(f"[ftsam.batch]   ok in {time.time() - start:.0f} s", flush=True)
+            except Exception as e:  # report and go on with the batch
+                failed.append(nb.name)
+                kept = ""
+                if tmp.is_file() and tmp.stat().st_size:
+                    failed_copy = out_dir / nb.name if args.inplace else out
+                    atomic_write_bytes(failed_copy, tmp.read_bytes())
+                    kept = f"; the failed run is in {_shown(failed_copy)}" + (
+                        f", {nb.name} is unchanged" if args.inplace else "")
+                print(f"[ftsam.batch]   FAILED after {time.time() - start:.0f} s: {type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}{kept}", flush=True)
     print(f"[ftsam.batch] {len(notebooks) - len(failed)} of {len(notebooks)} notebooks ran in {time.time() - t0:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 if __name__ == "__main__":

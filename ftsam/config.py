@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ class ConfigError(ValueError):
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "gtsrb", "tiny_imagenet")
 MODELS = ("preactresnet18", "vgg19_bn")
+MIN_IMAGE_SIZE = 8   # digits' own size; PreAct-ResNet18 halves it three times, to 1x1
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class DataConfig:
         from ftsam.datasets_byo import check_dataset_name   # late import: built-in, folder, arrays, registered
         check_dataset_name(self.name)
         _range("data.image_size", self.image_size, lo=0)
+        if 0 < self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"data.image_size must be 0 (the dataset's own size) or at least {MIN_IMAGE_SIZE}, "
+                              f"got {self.image_size}: the models halve it three times, and a trigger would "
+                              "cover the whole image")
         _range("data.train_per_class", self.train_per_class, lo=0)
         _range("data.test_per_class", self.test_per_class, lo=0)
 
@@ -258,17 +264,92 @@ def from_dict(d: dict) -> Config:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a params YAML file into a checked :class:`Config` (missing keys take defaults)."""
+    """Read a params YAML file into a checked :class:`Config` (missing keys take defaults).
+
+    The file must set something (an empty file is refused, not run on the library defaults),
+    and may not repeat a key. A relative ``data.root`` is resolved against the file's
+    :func:`project_root`, so the same file finds the same data from any working directory."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    raw = read_yaml(path)
+    if raw is None or raw == {}:
+        raise ConfigError(f"{path} is empty: a params file must set the experiment (see params/offline.yaml); "
+                          "it is not run on the library defaults")
     try:
         cfg = from_dict(raw)
+        if overrides:
+            cfg = cfg.with_overrides(overrides)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return cfg.with_overrides(overrides) if overrides else cfg
+    root = Path(cfg.data.root).expanduser()
+    if not root.is_absolute():
+        root = project_root(path.resolve().parent) / root
+    return replace(cfg, data=replace(cfg.data, root=str(root)))
+
+
+def project_root(start: str | Path) -> Path:
+    """The project a path belongs to, against which relative paths in its params files are
+    resolved (one rule for the library, the notebooks, papermill and make): the nearest
+    directory at or above ``start`` that holds a ``pyproject.toml``; ``start`` itself when
+    there is none."""
+    start = Path(start).resolve()
+    for d in (start, *start.parents):
+        if (d / "pyproject.toml").is_file():
+            return d
+    return start
+
+
+# YAML 1.1 reads 1e-3 (no dot, unsigned exponent forms) as a string; the user meant a number.
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``1e-3`` as a float."""
+
+
+_ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file safely; a key repeated in the same mapping (which YAML would let
+    replace the first silently) or a syntax error raises :class:`ConfigError` naming the file,
+    the dotted key and the lines."""
+    path = Path(path)
+    loader = _ParamsLoader(path.read_text())
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, "", path)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(node, prefix: str, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if key in seen:
+                raise ConfigError(f"{path}: key {dotted} is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); the second would silently replace the first")
+            seen[key] = key_node.start_mark.line
+            _refuse_duplicate_keys(value_node, dotted, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{prefix}[{i}]", path)
 
 
 def _asdict(obj) -> dict:

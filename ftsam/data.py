@@ -11,8 +11,12 @@ Tiny ImageNet are read from their own on-disk formats under ``data.root``.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import pickle
 import struct
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ftsam.config import DATASETS, ConfigError, DataConfig
+from ftsam.io import DamagedFile
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -73,6 +78,28 @@ class DatasetNotFound(FileNotFoundError):
     """The files of a dataset are not where they were looked for."""
 
 
+class DataError(DamagedFile):
+    """A dataset file that is there but is not what it should be (truncated, wrong size,
+    labels out of range, a class without images). The message names the file and what was
+    expected."""
+
+
+class CacheWarning(UserWarning):
+    """A derived cache (dataset tensors, a trained run) was damaged or stale and is rebuilt."""
+
+
+def fingerprint(paths: list[Path], base: Path, extra: str = "") -> str:
+    """A short hash of what a derived cache is built from: each file's path relative to
+    ``base``, its size and its modification time (any added, removed, resized or touched file
+    changes it), plus ``extra``."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{Path(p).relative_to(base) if Path(p).is_relative_to(base) else p}\0{st.st_size}\0"
+                 f"{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def load_dataset(cfg: DataConfig) -> tuple[ImageSet, ImageSet, DatasetInfo]:
     """Load ``cfg.name`` as uint8 tensors, resized to ``cfg.image_size`` when that is set."""
     if cfg.name not in DATASETS:   # a dataset the user brings (folder, arrays, registered): ftsam.datasets_byo
@@ -81,7 +108,7 @@ def load_dataset(cfg: DataConfig) -> tuple[ImageSet, ImageSet, DatasetInfo]:
     root = Path(cfg.root)
     loader = {"digits": _digits, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10,
               "gtsrb": _gtsrb, "tiny_imagenet": _tiny_imagenet}[cfg.name]
-    train, test = loader(root, cfg.download) if cfg.name != "digits" else loader()
+    train, test, source = loader(root, cfg.download) if cfg.name != "digits" else loader()
     if cfg.train_per_class:
         train = per_class_subset(train, cfg.train_per_class, seed=SUBSET_SEED)
     if cfg.test_per_class:
@@ -91,7 +118,14 @@ def load_dataset(cfg: DataConfig) -> tuple[ImageSet, ImageSet, DatasetInfo]:
         train, test = resize(train, cfg.image_size), resize(test, cfg.image_size)
         size = cfg.image_size
     mean, std = NORMALIZATION[cfg.name]
-    return train, test, DatasetInfo(cfg.name, c, size, classes, mean, std)
+    return train, test, DatasetInfo(cfg.name, c, size, classes, mean, std, source)
+
+
+def _check_labels(y: np.ndarray, classes: int, path: Path) -> None:
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        bad = y[(y < 0) | (y >= classes)]
+        raise DataError(f"{path}: labels must lie in 0..{classes - 1}, found {int(bad[0])} "
+                        f"({len(bad)} out of range): the file is damaged or of another dataset", path)
 
 
 def resize(s: ImageSet, size: int) -> ImageSet:
@@ -127,9 +161,24 @@ def clean_subset(train: ImageSet, ratio: float, seed: int, balanced: bool = True
         raise ValueError(f"clean ratio must lie in (0, 1], got {ratio!r}")
     g = torch.Generator().manual_seed(seed)
     n = max(1, int(round(ratio * len(train))))
+    classes = torch.unique(train.y)
     if not balanced:
-        return torch.randperm(len(train), generator=g)[:n].sort().values
-    return per_class_indices(train.y, max(1, n // len(torch.unique(train.y))), g)
+        idx = torch.randperm(len(train), generator=g)[:n].sort().values
+    else:
+        idx = per_class_indices(train.y, max(1, n // len(classes)), g)
+    counts = torch.bincount(train.y[idx], minlength=int(classes.max()) + 1)[classes]
+    if int(counts.min()) < MIN_CLEAN_PER_CLASS:
+        few = [int(c) for c, k in zip(classes, counts) if k < MIN_CLEAN_PER_CLASS]
+        need = MIN_CLEAN_PER_CLASS * len(classes) / len(train)
+        raise ConfigError(
+            f"defense.clean_ratio {ratio} leaves the defender {len(idx)} clean image(s) of {len(train)}, fewer than "
+            f"{MIN_CLEAN_PER_CLASS} of class(es) {', '.join(map(str, few[:10]))}{' ...' if len(few) > 10 else ''}; "
+            f"every one of the {len(classes)} classes needs at least {MIN_CLEAN_PER_CLASS} "
+            f"(balanced sampling: defense.clean_ratio >= {need:.4g})")
+    return idx
+
+
+MIN_CLEAN_PER_CLASS = 2
 
 
 # ---- digits (scikit-learn, always offline) ---------------------------------------------
@@ -147,19 +196,32 @@ def _digits() -> tuple[ImageSet, ImageSet]:
         test_idx.append(idx[: len(idx) // 4])
     test_mask = torch.zeros(len(y), dtype=torch.bool)
     test_mask[torch.cat(test_idx)] = True
-    return ImageSet(x[~test_mask], y[~test_mask]), ImageSet(x[test_mask], y[test_mask])
+    return ImageSet(x[~test_mask], y[~test_mask]), ImageSet(x[test_mask], y[test_mask]), ""
 
 
 # ---- Fashion-MNIST (IDX files: Debian's package, or torchvision's raw folder) ----------
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = data[0:2], data[2], data[3]
-    if zero != b"\x00\x00" or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    path = Path(path)
+    gz = str(path).endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: damaged gzip file ({e}); expected a gzipped IDX file, download it again",
+                        path) from None
+    if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08 or not 1 <= data[3] <= 4:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (expected the header 00 00 08 <ndim>, "
+                        f"got {data[:4].hex(' ') or 'nothing'})", path)
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header cut short ({len(data)} bytes)", path)
     shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    expected = 4 + 4 * ndim + int(np.prod(shape, dtype=np.int64))
+    if len(data) != expected:
+        raise DataError(f"{path}: the IDX header gives shape {tuple(shape)}, i.e. {expected} bytes"
+                        f"{' uncompressed' if gz else ''}, but the file holds {len(data)}: "
+                        f"{'truncated' if len(data) < expected else 'trailing data'}", path)
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -184,11 +246,23 @@ def _fashion_mnist(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
             "Fashion-MNIST not found. Install Debian's package (apt-get install dataset-fashion-mnist, "
             f"files in {FASHION_MNIST_SYSTEM_DIR}), or put the four IDX files in {root / 'FashionMNIST' / 'raw'}, "
             "or set data.download: true where there is a network.")
-    xtr, ytr, xte, yte = (torch.from_numpy(read_idx(p).copy()) for p in paths)
-    return ImageSet(xtr.unsqueeze(1), ytr.long()), ImageSet(xte.unsqueeze(1), yte.long())
+    xtr, ytr, xte, yte = (read_idx(p) for p in paths)
+    for x, y, px, py in ((xtr, ytr, paths[0], paths[1]), (xte, yte, paths[2], paths[3])):
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise DataError(f"{px}: expected 28x28 images [N, 28, 28], got shape {x.shape}", px)
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{py}: expected {len(x)} labels (one per image of {px.name}), got shape {y.shape}", py)
+        _check_labels(y, 10, py)
+    t = [torch.from_numpy(a.copy()) for a in (xtr, ytr, xte, yte)]
+    return (ImageSet(t[0].unsqueeze(1), t[1].long()), ImageSet(t[2].unsqueeze(1), t[3].long()),
+            fingerprint(paths, root))
 
 
 # ---- CIFAR-10 (torchvision's python batches, or the official binary batches) -----------
+class _Refused(pickle.UnpicklingError):
+    """A global outside the allow-list: a hostile or foreign pickle, not a damaged one."""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles CIFAR-10's python batches and nothing else: only plain containers and numpy
     arrays may be built, so a hostile file cannot run code."""
@@ -199,19 +273,49 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch")
+        raise _Refused(f"refusing to load {module}.{name} from a CIFAR-10 batch")
+
+
+CIFAR_ROW = 3 * 32 * 32
 
 
 def _cifar_py_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        d = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return x, np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; a CIFAR-10 python folder holds data_batch_1..5 and test_batch", path)
+    expected = "a CIFAR-10 python batch (a pickled dict with 'data' [N, 3072] uint8 and 'labels' [N])"
+    try:
+        with open(path, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except _Refused:
+        raise
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise DataError(f"{path}: damaged ({type(e).__name__}: {e}), probably truncated; expected {expected}. "
+                        "Extract cifar-10-python.tar.gz again", path) from None
+    labels = d.get("labels", d.get("fine_labels")) if isinstance(d, dict) else None
+    data = d.get("data") if isinstance(d, dict) else None
+    if labels is None or data is None:
+        raise DataError(f"{path}: expected {expected}, got {type(d).__name__}"
+                        f"{' with keys ' + ', '.join(map(str, d)) if isinstance(d, dict) else ''}", path)
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_ROW or data.shape[0] != len(labels):
+        raise DataError(f"{path}: expected 'data' of shape ({len(labels)}, {CIFAR_ROW}) uint8 for its "
+                        f"{len(labels)} labels, got {data.shape} {data.dtype}", path)
+    y = np.asarray(labels, dtype=np.int64)
+    _check_labels(y, 10, path)
+    return data.reshape(-1, 3, 32, 32), y
 
 
 def _cifar_bin_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, 1 + 3 * 32 * 32)
-    return raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].astype(np.int64)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; a CIFAR-10 binary folder holds data_batch_1..5.bin and test_batch.bin", path)
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % (1 + CIFAR_ROW):
+        raise DataError(f"{path}: {raw.size} bytes is not a whole number of {1 + CIFAR_ROW}-byte CIFAR-10 records "
+                        f"(1 label byte + {CIFAR_ROW} pixels); the file is truncated or damaged", path)
+    raw = raw.reshape(-1, 1 + CIFAR_ROW)
+    y = raw[:, 0].astype(np.int64)
+    _check_labels(y, 10, path)
+    return raw[:, 1:].reshape(-1, 3, 32, 32), y
 
 
 def _cifar10(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
@@ -220,11 +324,11 @@ def _cifar10(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
         import torchvision
         torchvision.datasets.CIFAR10(str(root), train=True, download=True)
     if py.is_dir():
-        train = [_cifar_py_batch(py / f"data_batch_{i}") for i in range(1, 6)]
-        test = [_cifar_py_batch(py / "test_batch")]
+        files = [py / f"data_batch_{i}" for i in range(1, 6)] + [py / "test_batch"]
+        parts = [_cifar_py_batch(f) for f in files]
     elif binary.is_dir():
-        train = [_cifar_bin_batch(binary / f"data_batch_{i}.bin") for i in range(1, 6)]
-        test = [_cifar_bin_batch(binary / "test_batch.bin")]
+        files = [binary / f"data_batch_{i}.bin" for i in range(1, 6)] + [binary / "test_batch.bin"]
+        parts = [_cifar_bin_batch(f) for f in files]
     else:
         raise DatasetNotFound(
             f"CIFAR-10 not found under {root}: extract cifar-10-python.tar.gz there "
@@ -234,32 +338,75 @@ def _cifar10(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
     def cat(parts):
         return ImageSet(torch.from_numpy(np.concatenate([p[0] for p in parts])),
                         torch.from_numpy(np.concatenate([p[1] for p in parts])))
-    return cat(train), cat(test)
+    return cat(parts[:5]), cat(parts[5:]), fingerprint(files, root)
 
 
 # ---- GTSRB (torchvision's folder layout) and Tiny ImageNet (tiny-imagenet-200/) ---------
 def _load_images(paths: list[Path], size: int) -> torch.Tensor:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        try:
+            with Image.open(p) as im:
+                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        except FileNotFoundError:
+            raise DataError(f"{p}: image missing", p) from None
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            raise DataError(f"{p}: not a readable image ({e}); the file is damaged or truncated", p) from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _cached(root: Path, name: str, build) -> tuple[ImageSet, ImageSet]:
-    """Decoding tens of thousands of image files is slow: keep the tensors beside the data."""
+@dataclass
+class _FolderIndex:
+    """The files an image-folder dataset is decoded from, with their labels."""
+    train: list[Path]
+    train_y: list[int]
+    test: list[Path]
+    test_y: list[int]
+    listings: list[Path]      # the label files (csv, txt) the index was read from
+
+    def sources(self) -> list[Path]:
+        return self.listings + self.train + self.test
+
+
+def _cached(base: Path, name: str, index: _FolderIndex, size: int) -> tuple[ImageSet, ImageSet, str]:
+    """Decoding tens of thousands of image files is slow: keep the tensors beside the data,
+    keyed by the :func:`fingerprint` of the files they were decoded from. A cache built from
+    other files (images added, removed or replaced since), or a damaged one, is reported and
+    built again."""
+    from safetensors import safe_open
+
     from ftsam.io import load_tensors, save_tensors
-    cache = root / f".ftsam-{name}.safetensors"
+    source = fingerprint(index.sources(), base, extra=f"{name}:{size}")
+    cache = base / f".ftsam-{name}.safetensors"
     if cache.is_file():
-        t = load_tensors(cache)
-        return ImageSet(t["train_x"], t["train_y"]), ImageSet(t["test_x"], t["test_y"])
-    train, test = build()
-    save_tensors(cache, {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y})
-    return train, test
+        try:
+            t = load_tensors(cache)
+            with safe_open(str(cache), framework="pt") as f:
+                built_from = (f.metadata() or {}).get("source")
+            if built_from == source:
+                return ImageSet(t["train_x"], t["train_y"]), ImageSet(t["test_x"], t["test_y"]), source
+            warnings.warn(f"{cache} was built from other files than {base} holds now (images added, removed or "
+                          "changed since); building it again", CacheWarning, stacklevel=3)
+        except (DamagedFile, KeyError) as e:
+            warnings.warn(f"damaged dataset cache {cache} ({e}); building it again", CacheWarning, stacklevel=3)
+    train = ImageSet(_load_images(index.train, size), torch.tensor(index.train_y, dtype=torch.long))
+    test = ImageSet(_load_images(index.test, size), torch.tensor(index.test_y, dtype=torch.long))
+    save_tensors(cache, {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y},
+                 metadata={"source": source})
+    return train, test, source
 
 
-def _gtsrb(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
+def _no_empty_classes(names: list[str], files: list[list[Path]], where: Path, what: str) -> None:
+    empty = [n for n, f in zip(names, files) if not f]
+    if empty:
+        raise DataError(f"{where}: {len(empty)} of {len(names)} classes have no {what} "
+                        f"({', '.join(empty[:8])}{' ...' if len(empty) > 8 else ''}); every class needs training "
+                        "images (training on fewer classes would pass unnoticed). Restore them, or extract the "
+                        "dataset again", where)
+
+
+def _gtsrb(root: Path, download: bool) -> tuple[ImageSet, ImageSet, str]:
     base = root / "gtsrb"
     train_dir, test_dir = base / "GTSRB" / "Training", base / "GTSRB" / "Final_Test" / "Images"
     if not train_dir.is_dir() and download:
@@ -271,45 +418,64 @@ def _gtsrb(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
         raise DatasetNotFound(
             f"GTSRB not found under {base}: it needs {train_dir}/<class>/*.ppm, {test_dir}/*.ppm and "
             f"{test_csv} (torchvision's GTSRB layout), or set data.download: true where there is a network.")
+    classes = NATIVE["gtsrb"][2]
+    folders = {}
+    for d in train_dir.iterdir():
+        if d.is_dir():
+            if not (d.name.isdigit() and int(d.name) < classes):
+                raise DataError(f"{d}: not a GTSRB class folder; expected 00000..{classes - 1:05d}", d)
+            folders[int(d.name)] = d
+    names = [f"{c:05d}" for c in range(classes)]
+    per_class = [sorted(folders[c].glob("*.ppm")) if c in folders else [] for c in range(classes)]
+    _no_empty_classes(names, per_class, train_dir, "*.ppm images (or no folder)")
+    te_paths, te_y = [], []
+    for n, line in enumerate(test_csv.read_text().splitlines()[1:], start=2):
+        if line.strip():
+            cols = line.split(";")
+            try:
+                label = int(cols[-1])
+            except ValueError:
+                label = -1
+            if len(cols) < 2 or not 0 <= label < classes:
+                raise DataError(f"{test_csv}, line {n}: expected 'Filename;...;ClassId' with a ClassId in "
+                                f"0..{classes - 1}, got {line.strip()!r}", test_csv)
+            te_paths.append(test_dir / cols[0])
+            te_y.append(label)
+    missing = [p for p in te_paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{test_csv}: lists {len(missing)} test image(s) not in {test_dir}, e.g. {missing[0].name}",
+                        test_csv)
+    index = _FolderIndex([p for f in per_class for p in f], [c for c, f in enumerate(per_class) for _ in f],
+                         te_paths, te_y, [test_csv])
+    return _cached(base, "gtsrb32", index, 32)
 
-    def build():
-        tr_paths, tr_y = [], []
-        for cdir in sorted(d for d in train_dir.iterdir() if d.is_dir()):
-            for p in sorted(cdir.glob("*.ppm")):
-                tr_paths.append(p)
-                tr_y.append(int(cdir.name))
-        te_paths, te_y = [], []
-        for line in test_csv.read_text().splitlines()[1:]:
-            if line.strip():
-                cols = line.split(";")
-                te_paths.append(test_dir / cols[0])
-                te_y.append(int(cols[-1]))
-        return (ImageSet(_load_images(tr_paths, 32), torch.tensor(tr_y)),
-                ImageSet(_load_images(te_paths, 32), torch.tensor(te_y)))
-    return _cached(base, "gtsrb32", build)
 
-
-def _tiny_imagenet(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
+def _tiny_imagenet(root: Path, download: bool) -> tuple[ImageSet, ImageSet, str]:
     base = root / "tiny-imagenet-200"
     if not (base / "wnids.txt").is_file():
         raise DatasetNotFound(
             f"Tiny ImageNet not found: unzip tiny-imagenet-200.zip into {root} (giving {base}/wnids.txt, "
             f"train/<wnid>/images/*.JPEG and val/val_annotations.txt). There is no automatic download.")
-
-    def build():
-        wnids = [w.strip() for w in (base / "wnids.txt").read_text().splitlines() if w.strip()]
-        index = {w: i for i, w in enumerate(wnids)}
-        tr_paths, tr_y = [], []
-        for w in wnids:
-            for p in sorted((base / "train" / w / "images").glob("*.JPEG")):
-                tr_paths.append(p)
-                tr_y.append(index[w])
-        te_paths, te_y = [], []
-        for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
-            if line.strip():
-                cols = line.split("\t")
-                te_paths.append(base / "val" / "images" / cols[0])
-                te_y.append(index[cols[1]])
-        return (ImageSet(_load_images(tr_paths, 64), torch.tensor(tr_y)),
-                ImageSet(_load_images(te_paths, 64), torch.tensor(te_y)))
-    return _cached(base, "tiny64", build)
+    classes = NATIVE["tiny_imagenet"][2]
+    wnids_file, val_file = base / "wnids.txt", base / "val" / "val_annotations.txt"
+    wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
+    if len(wnids) != classes or len(set(wnids)) != len(wnids):
+        raise DataError(f"{wnids_file}: expected {classes} distinct class ids (wnids), found {len(set(wnids))}"
+                        f"{' distinct' if len(set(wnids)) != len(wnids) else ''}: the file is damaged", wnids_file)
+    if not val_file.is_file():
+        raise DataError(f"{val_file}: missing; Tiny ImageNet's test labels are read from it", val_file)
+    index = {w: i for i, w in enumerate(wnids)}
+    per_class = [sorted((base / "train" / w / "images").glob("*.JPEG")) for w in wnids]
+    _no_empty_classes(wnids, per_class, base / "train", "train/<wnid>/images/*.JPEG")
+    te_paths, te_y = [], []
+    for n, line in enumerate(val_file.read_text().splitlines(), start=1):
+        if line.strip():
+            cols = line.split("\t")
+            if len(cols) < 2 or cols[1] not in index:
+                raise DataError(f"{val_file}, line {n}: expected '<image>\\t<wnid listed in wnids.txt>\\t...', "
+                                f"got {line.strip()!r}", val_file)
+            te_paths.append(base / "val" / "images" / cols[0])
+            te_y.append(index[cols[1]])
+    folder = _FolderIndex([p for f in per_class for p in f], [c for c, f in enumerate(per_class) for _ in f],
+                          te_paths, te_y, [wnids_file, val_file])
+    return _cached(base, "tiny64", folder, 64)

@@ -1,10 +1,13 @@
 """The experiment pipeline the notebooks call: train (or reuse) a backdoored model, then
 defend it. Runs are cached under ``cache_dir`` by a hash of the config sections they depend
-on, so the defense notebook reuses the attack notebook's model, and an interrupted run
-resumes from its last epoch."""
+on and by a fingerprint of the dataset's files, so the defense notebook reuses the attack
+notebook's model, and an interrupted run resumes from its last epoch. Each run directory is
+locked while it is worked on (:func:`ftsam.io.run_lock`): a second process on the same run
+waits, then reuses the result. A damaged cached file is reported and the run is built again."""
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +16,10 @@ from torch import nn
 
 from ftsam.attacks import Attack, PoisonedTestSet, PoisonedTrainSet, build_attack
 from ftsam.config import Config, ConfigError, DefenseConfig, stable_hash
-from ftsam.data import SUBSET_SEED, DatasetInfo, ImageSet, clean_subset, load_dataset, per_class_indices
+from ftsam.data import SUBSET_SEED, CacheWarning, DatasetInfo, ImageSet, clean_subset, load_dataset, per_class_indices
 from ftsam.defenses import Context, Given, build_defense, defense_class
-from ftsam.io import load_json, load_model, load_tensors, save_json, save_model, save_tensors
+from ftsam.io import (DamagedFile, load_json, load_model, load_tensors, run_lock, save_json, save_model,
+                      save_tensors)
 from ftsam.metrics import accuracy, der, evaluate
 from ftsam.models import build_model
 from ftsam.train import fit, predict, resolve_device, seed_everything, seeded
@@ -84,24 +88,48 @@ def attack_label(cfg: Config) -> str:
 
 
 def attack_key(cfg: Config, info: DatasetInfo | None = None) -> str:
-    return f"{cfg.data.name}-{cfg.model.name}-{cfg.attack.name}-{cfg.digest('seed', 'data', 'model', 'attack', 'attack_train')}" \
-        + _content_key(cfg, info)
+    digest = _config_digest(cfg, "seed", "data", "model", "attack", "attack_train")
+    return f"{cfg.data.name}-{cfg.model.name}-{cfg.attack.name}-{digest}" + _content_key(cfg, info)
 
 
 def clean_key(cfg: Config, info: DatasetInfo | None = None) -> str:
-    return f"{cfg.data.name}-{cfg.model.name}-clean-{cfg.digest('seed', 'data', 'model', 'attack_train')}" \
-        + _content_key(cfg, info)
+    digest = _config_digest(cfg, "seed", "data", "model", "attack_train")
+    return f"{cfg.data.name}-{cfg.model.name}-clean-{digest}" + _content_key(cfg, info)
+
+
+def _config_digest(cfg: Config, *sections: str) -> str:
+    """:meth:`Config.digest` of ``sections``, leaving out where the data lies (``data.root``): the
+    content key stands for the data, and a moved checkout keeps its runs."""
+    d = {k: v for k, v in cfg.to_dict().items() if k in sections}
+    d["data"] = {k: v for k, v in d["data"].items() if k != "root"}
+    return stable_hash(d)
 
 
 def _content_key(cfg: Config, info: DatasetInfo | None) -> str:
-    """A dataset the user brings (ftsam.datasets_byo) adds a hash of its content to the key, so
-    changed files never return an old model; the built-in datasets' keys are as they were."""
-    from ftsam.config import DATASETS
-    if cfg.data.name in DATASETS:
-        return ""
-    if info is None or not info.fingerprint:
+    """The dataset's :attr:`DatasetInfo.fingerprint` (the names, sizes and modification times of a
+    built-in dataset's files; the content of one the user brings, ftsam.datasets_byo), so changed
+    files never return an old model. Digits, read from inside scikit-learn, have none."""
+    if info is not None and info.fingerprint:
+        return f"-{info.fingerprint}"
+    if info is None and cfg.data.name != "digits":
         raise ValueError(f"the cache key of dataset {cfg.data.name!r} needs its loaded DatasetInfo (content fingerprint)")
-    return f"-{info.fingerprint}"
+    return ""
+
+
+def _rebuilding(e: DamagedFile) -> None:
+    warnings.warn(f"damaged cache entry: {e}; training that run again", CacheWarning, stacklevel=3)
+
+
+def _readable_state(path: Path) -> Path:
+    """``path``, a run's training state, when it is absent or readable; an unreadable one (a
+    truncated copy, a full disk) is reported and removed, so the run starts again."""
+    if path.is_file():
+        try:
+            load_tensors(path)
+        except DamagedFile as e:
+            warnings.warn(f"{e}; starting that run again from its first epoch", CacheWarning, stacklevel=3)
+            path.unlink()
+    return path
 
 
 def train_clean(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto",
@@ -110,19 +138,25 @@ def train_clean(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto
     LF, Trojan and CLA build their triggers from), cached like a backdoored model."""
     device = resolve_device(str(device))
     train, test, info = load_dataset(cfg.data)
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model, info)
     run_dir = Path(cache_dir) / clean_key(cfg, info)
     model_file = run_dir / "model.safetensors"
-    if model_file.is_file():
-        return load_model(model_file, model).to(device).eval()
-    state = run_dir / "train_state.safetensors"
-    fitted = fit(model, train, cfg.attack_train, seed=cfg.seed, device=device, checkpoint=state,
-                 evaluate=lambda m: {"acc": accuracy(predict(m, test.x, device=device), test.y)},
-                 desc="clean model", progress=progress)
-    save_model(model_file, model)
-    save_json(run_dir / "result.json", {"config": cfg.to_dict(), "history": fitted.history})
-    state.unlink(missing_ok=True)
+    with run_lock(run_dir):
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model, info)
+        if model_file.is_file():
+            try:
+                return load_model(model_file, model).to(device).eval()
+            except DamagedFile as e:
+                _rebuilding(e)
+                seed_everything(cfg.seed)
+                model = build_model(cfg.model, info)
+        state = _readable_state(run_dir / "train_state.safetensors")
+        fitted = fit(model, train, cfg.attack_train, seed=cfg.seed, device=device, checkpoint=state,
+                     evaluate=lambda m: {"acc": accuracy(predict(m, test.x, device=device), test.y)},
+                     desc="clean model", progress=progress)
+        save_model(model_file, model)
+        save_json(run_dir / "result.json", {"config": cfg.to_dict(), "history": fitted.history})
+        state.unlink(missing_ok=True)
     return model.eval()
 
 
@@ -138,41 +172,50 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
     train, test, info = load_dataset(cfg.data)
     attack = build_attack(cfg.attack, info)
     run_dir = Path(cache_dir) / attack_key(cfg, info)
-    attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources", key=clean_key(cfg, info),
-                   device=device, clean_model=lambda: train_clean(cfg, cache_dir, device, progress))
+    attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources",
+                   key=clean_key(cfg, info), device=device,
+                   clean_model=lambda: train_clean(cfg, cache_dir, device, progress))
     poisoned = attack.poison_trainset(train, cfg.seed)
     trainable = attack.trainable
     test_bd = None if trainable else attack.poison_testset(test)
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model, info)
     model_file, result_file = run_dir / "model.safetensors", run_dir / "result.json"
     attack_file = run_dir / "attack.safetensors"
-    if model_file.is_file() and result_file.is_file() and (not trainable or attack_file.is_file()) and not retrain:
-        load_model(model_file, model)
-        if trainable:
-            attack.load_state_tensors(load_tensors(attack_file))
-            test_bd = attack.poison_testset(test)
-        result = load_json(result_file)
-        model.to(device).eval()
-    else:
-        hook = attack.poison_batch if attack.on_the_fly else None
-        state = run_dir / "train_state.safetensors"
+    with run_lock(run_dir):   # a second process on this run waits here, then reuses the result
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model, info)
+        result = None
+        if model_file.is_file() and result_file.is_file() and (not trainable or attack_file.is_file()) and not retrain:
+            try:
+                result = load_json(result_file)
+                load_model(model_file, model)
+                if trainable:
+                    attack.load_state_tensors(load_tensors(attack_file))
+                    test_bd = attack.poison_testset(test)
+                model.to(device).eval()
+            except DamagedFile as e:
+                _rebuilding(e)
+                result = None
+                seed_everything(cfg.seed)
+                model = build_model(cfg.model, info)
+        if result is None:
+            hook = attack.poison_batch if attack.on_the_fly else None
+            state = _readable_state(run_dir / "train_state.safetensors")
 
-        def ev(m):   # a trainable attack's test set changes as its networks train
-            return evaluate(m, test, attack.poison_testset(test) if trainable else test_bd, device)
-        fitted = fit(model, poisoned.data, cfg.attack_train, seed=cfg.seed, device=device, batch_hook=hook,
-                     evaluate=ev,
-                     checkpoint=state, trainable=attack if trainable else None,
-                     desc=f"attack {cfg.attack.name}", progress=progress)
-        if trainable:
-            test_bd = attack.poison_testset(test)
-            save_tensors(attack_file, attack.state_tensors())
-        final = last_evaluation(fitted.history, lambda m: evaluate(m, test, test_bd, device), model)
-        result = {"config": cfg.to_dict(), "metrics": fitted.history[-1] | final,
-                  "history": fitted.history, "poison_index": poisoned.poison_index.tolist()}
-        save_model(model_file, model)
-        save_json(result_file, result)
-        state.unlink(missing_ok=True)
+            def ev(m):   # a trainable attack's test set changes as its networks train
+                return evaluate(m, test, attack.poison_testset(test) if trainable else test_bd, device)
+            fitted = fit(model, poisoned.data, cfg.attack_train, seed=cfg.seed, device=device, batch_hook=hook,
+                         evaluate=ev,
+                         checkpoint=state, trainable=attack if trainable else None,
+                         desc=f"attack {cfg.attack.name}", progress=progress)
+            if trainable:
+                test_bd = attack.poison_testset(test)
+                save_tensors(attack_file, attack.state_tensors())
+            final = last_evaluation(fitted.history, lambda m: evaluate(m, test, test_bd, device), model)
+            result = {"config": cfg.to_dict(), "metrics": fitted.history[-1] | final,
+                      "history": fitted.history, "poison_index": poisoned.poison_index.tolist()}
+            save_model(model_file, model)
+            save_json(result_file, result)
+            state.unlink(missing_ok=True)
     metrics = {k: result["metrics"][k] for k in ("acc", "asr", "ra")}
     return AttackRun(cfg, info, attack, model, train, poisoned, test, test_bd, metrics, result["history"],
                      run_dir, device)
@@ -225,34 +268,42 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
         def monitor(m):
             return evaluate(m, mon_test, mon_bd, run.device)
 
-    if result_file.is_file() and model_file.is_file() and not rerun and on_update is None:
-        result = load_json(result_file)
-        found = result.get("found", {}) | (load_tensors(found_file) if found_file.is_file() else {})
-        model = impl.restore(copy.deepcopy(run.model) if "model" in impl.needs else given.new_model(), found)
-        load_model(model_file, model)
-    else:
-        ctx = Context(seed=cfg.seed, device=run.device, state_dir=out_dir, progress=progress, evaluate=monitor,
-                      on_update=on_update)
-        with seeded(cfg.seed, run.device):
-            out = impl.run(given, ctx)
-        model, found = out.model, out.found
-        if monitor is ev:
-            final = last_evaluation(out.history, ev, model)
-        else:   # the monitor saw a subset: the reported metrics (and the curve's last point) use the whole test set
-            final = ev(model)
-            if out.history and "asr" in out.history[-1]:
-                out.history[-1].update(final)
-        final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
-        history = [{"epoch": 0, **run.metrics}] + out.history
-        tensors = {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
-        result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final, "history": history,
-                  "clean_index": idx.tolist(), "found": {k: v for k, v in found.items() if k not in tensors}}
-        if tensors:
-            save_tensors(found_file, tensors)
-        save_model(model_file, model)
-        save_json(result_file, result)
-        for state in out_dir.glob("*state*.safetensors"):
-            state.unlink(missing_ok=True)
+    with run_lock(out_dir):   # a second process on this defense waits here, then reuses the result
+        result = None
+        if result_file.is_file() and model_file.is_file() and not rerun and on_update is None:
+            try:
+                result = load_json(result_file)
+                found = result.get("found", {}) | (load_tensors(found_file) if found_file.is_file() else {})
+                model = impl.restore(copy.deepcopy(run.model) if "model" in impl.needs else given.new_model(), found)
+                load_model(model_file, model)
+            except DamagedFile as e:
+                _rebuilding(e)
+                result = None
+        if result is None:
+            for state in out_dir.glob("*state*.safetensors"):
+                _readable_state(state)
+            ctx = Context(seed=cfg.seed, device=run.device, state_dir=out_dir, progress=progress, evaluate=monitor,
+                          on_update=on_update)
+            with seeded(cfg.seed, run.device):
+                out = impl.run(given, ctx)
+            model, found = out.model, out.found
+            if monitor is ev:
+                final = last_evaluation(out.history, ev, model)
+            else:   # the monitor saw a subset: the reported metrics (and the curve's last point) use all of it
+                final = ev(model)
+                if out.history and "asr" in out.history[-1]:
+                    out.history[-1].update(final)
+            final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
+            history = [{"epoch": 0, **run.metrics}] + out.history
+            tensors = {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
+            result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final, "history": history,
+                      "clean_index": idx.tolist(), "found": {k: v for k, v in found.items() if k not in tensors}}
+            if tensors:
+                save_tensors(found_file, tensors)
+            save_model(model_file, model)
+            save_json(result_file, result)
+            for state in out_dir.glob("*state*.safetensors"):
+                state.unlink(missing_ok=True)
     model.eval()
     return DefenseRun(defense, impl.title, result["metrics"], result["history"], result["clean_index"], model, found)
 

@@ -6,11 +6,14 @@ half-written file behind.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -18,7 +21,16 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 
-class CheckpointError(ValueError):
+class DamagedFile(ValueError):
+    """A file that exists but cannot be read as what it should be (truncated, overwritten,
+    not of its format). ``path`` names it, so a cache can report it and build it again."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+
+class CheckpointError(DamagedFile):
     """A file that is not a readable safetensors checkpoint, or does not fit the model."""
 
 
@@ -51,8 +63,16 @@ def save_json(path: str | Path, obj: Any) -> Path:
 
 
 def load_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """Read a JSON file; a truncated or otherwise damaged one raises :class:`DamagedFile`
+    naming it (not a bare ``JSONDecodeError`` without the path)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        what = "empty" if not raw.strip() else f"not valid JSON ({e})"
+        raise DamagedFile(f"{path} is damaged: {what}; {len(raw)} bytes, probably truncated "
+                                "by an interrupted write or a full disk", path) from None
 
 
 def _jsonable(o):
@@ -71,15 +91,28 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}", path)
     data = path.read_bytes()
     try:
         return st_load(data)
     except (SafetensorError, Exception) as e:  # safetensors raises several types on garbage
+        if _looks_like_safetensors(data):
+            raise CheckpointError(
+                f"{path} is a damaged safetensors file ({e}): {len(data)} bytes, probably truncated by an "
+                "interrupted copy or a full disk; delete it (a cached run is then trained again)", path) from None
         raise CheckpointError(
             f"{path} is not a safetensors checkpoint ({e}). ftsam reads only safetensors; "
-            "convert a trusted PyTorch file with safetensors.torch.save_file(torch.load(f, weights_only=True), out)."
-        ) from None
+            "convert a trusted PyTorch file with safetensors.torch.save_file(torch.load(f, weights_only=True), out).",
+            path) from None
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """Whether ``data`` starts like a safetensors file: an 8-byte header length, then a JSON
+    header that begins with ``{`` (so a damaged checkpoint is not mistaken for another format)."""
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return 2 <= n < 100_000_000 and data[8:9] == b"{"
 
 
 def save_model(path: str | Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> Path:
@@ -91,5 +124,33 @@ def load_model(path: str | Path, model: torch.nn.Module) -> torch.nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit {type(model).__name__}: {e}") from None
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}: {e}", path) from None
     return model
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, blocking: bool = True) -> Iterator[Path]:
+    """Hold an exclusive lock on ``run_dir`` (``fcntl.flock`` on ``run_dir/.lock``).
+
+    Two processes on the same run take turns: the second waits here until the first is done,
+    then finds its result on disk and reuses it instead of training again. The lock goes with
+    the process (a crashed holder frees it). ``blocking=False`` raises ``BlockingIOError``
+    instead of waiting."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_NAME
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not blocking:
+                raise
+            print(f"[ftsam] waiting for another process working on {run_dir}", file=sys.stderr, flush=True)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield run_dir
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -151,7 +151,8 @@ def test_attack_defend_and_list_on_a_params_file(backdoored, tmp_path, capsys):
     params = tmp_path / "mine.yaml"
     params.write_text(yaml.safe_dump({
         "data": {"name": "folder", "root": str(tmp / "data")}, "model": {"width": 2},
-        "attack_train": {"epochs": 1, "batch_size": 32}, "defense": {"train": {"epochs": 1, "batch_size": 32}}}))
+        "attack_train": {"epochs": 1, "batch_size": 32},
+        "defense": {"clean_ratio": 0.1, "train": {"epochs": 1, "batch_size": 32}}}))   # 2 clean images a class
     cache = ["--cache-dir", str(tmp_path / "runs"), "--device", "cpu"]
     assert main(["attack", str(params), *cache, "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"acc", "asr", "ra"}

@@ -146,10 +146,14 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_empty_file_gives_defaults(tmp_path):
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "{}\n", "---\n"])
+def test_empty_file_is_refused(tmp_path, text):
+    """Issue 12: an empty file must not run the library defaults (width 64, 100 epochs)."""
     p = tmp_path / "empty.yaml"
-    p.write_text("")
-    assert load_config(p) == Config()
+    p.write_text(text)
+    with pytest.raises(ConfigError, match="empty") as e:
+        load_config(p)
+    assert str(p) in str(e.value)
 
 
 # ---- attack options ---------------------------------------------------------------------
@@ -193,7 +197,7 @@ def test_overrides_go_through_the_checks(tmp_path):
     ("defense.train.foo.bar", "no section 'defense.train.foo'"),
 ])
 def test_bad_override_key(tmp_path, key, needle):
-    p = write(tmp_path, {})
+    p = write(tmp_path, {"seed": 0})
     with pytest.raises(ConfigError) as e:
         load_config(p, overrides={key: 1})
     msg = str(e.value)
@@ -201,7 +205,7 @@ def test_bad_override_key(tmp_path, key, needle):
 
 
 def test_bad_override_key_lists_valid_keys(tmp_path):
-    p = write(tmp_path, {})
+    p = write(tmp_path, {"seed": 0})
     with pytest.raises(ConfigError) as e:
         load_config(p, overrides={"defense.ft_sam.rhoo": 1.0})
     for k in ("rho", "eta", "adaptive", "perturb"):

@@ -167,6 +167,7 @@ GTSRB_TRAIN = {  # class folder -> [(w, h, rgb), ...]
     "00001": [(15, 15, (0, 255, 0))],
     "00042": [(64, 33, (0, 0, 255)), (32, 32, (10, 20, 30)), (40, 80, (7, 8, 9))],
 }
+GTSRB_FILLER = (128, 128, 128)   # one grey image in each of the other 40 classes: every class needs images
 GTSRB_TEST = [("00001.ppm", 25, 30, (1, 2, 3), 42), ("00000.ppm", 70, 60, (90, 80, 70), 0),
               ("00002.ppm", 32, 32, (5, 250, 5), 1)]
 
@@ -176,9 +177,17 @@ def _ppm(path: Path, w: int, h: int, rgb) -> None:
     Image.new("RGB", (w, h), rgb).save(path, format="PPM")
 
 
+def _gtsrb_train() -> dict[str, list]:
+    return {f"{c:05d}": GTSRB_TRAIN.get(f"{c:05d}", [(8, 8, GTSRB_FILLER)]) for c in range(43)}
+
+
+def _gtsrb_labels() -> list[int]:
+    return [int(cls) for cls, imgs in _gtsrb_train().items() for _ in imgs]
+
+
 def _write_gtsrb(root: Path) -> Path:
     base = root / "gtsrb"
-    for cls, imgs in GTSRB_TRAIN.items():
+    for cls, imgs in _gtsrb_train().items():
         cdir = base / "GTSRB" / "Training" / cls
         for i, (w, h, rgb) in enumerate(imgs):
             _ppm(cdir / f"00000_{i:05d}.ppm", w, h, rgb)
@@ -195,11 +204,11 @@ def _write_gtsrb(root: Path) -> Path:
 def test_gtsrb_folder_layout(tmp_path):
     base = _write_gtsrb(tmp_path)
     train, test, info = load("gtsrb", tmp_path)
-    assert train.x.shape == (6, 3, 32, 32) and train.x.dtype == torch.uint8
+    assert train.x.shape == (46, 3, 32, 32) and train.x.dtype == torch.uint8
     assert test.x.shape == (3, 3, 32, 32) and test.x.dtype == torch.uint8
-    assert train.y.tolist() == [0, 0, 1, 42, 42, 42]
+    assert train.y.tolist() == [0, 0] + list(range(1, 42)) + [42, 42, 42] == _gtsrb_labels()
     assert test.y.tolist() == [42, 0, 1]
-    colours = [rgb for imgs in GTSRB_TRAIN.values() for _, _, rgb in imgs]
+    colours = [rgb for imgs in _gtsrb_train().values() for _, _, rgb in imgs]
     for x, rgb in zip(train.x, colours):
         assert x.reshape(3, -1).unique(dim=1).flatten().tolist() == list(rgb)
     for x, (_, _, _, rgb, _) in zip(test.x, GTSRB_TEST):
@@ -226,14 +235,14 @@ def test_gtsrb_second_load_uses_cache(tmp_path, monkeypatch):
 def test_gtsrb_resize_option(tmp_path):
     _write_gtsrb(tmp_path)
     train, test, info = load("gtsrb", tmp_path, image_size=16)
-    assert train.x.shape == (6, 3, 16, 16) and test.x.shape == (3, 3, 16, 16)
+    assert train.x.shape == (46, 3, 16, 16) and test.x.shape == (3, 3, 16, 16)
     assert info.size == 16
     assert (train.x[0, 0] == 255).all() and (train.x[0, 1:] == 0).all()
 
 
 # ---- Tiny ImageNet ----------------------------------------------------------------------
-WNIDS = ["n01443537", "n01629819", "n01641577"]
 COLOURS = {"n01443537": (220, 30, 30), "n01629819": (30, 220, 30), "n01641577": (30, 30, 220)}
+WNIDS = list(COLOURS) + [f"n9{i:07d}" for i in range(197)]   # Tiny ImageNet has 200 classes
 
 
 def _write_tiny(root: Path, per_class: int = 2) -> Path:
@@ -243,8 +252,9 @@ def _write_tiny(root: Path, per_class: int = 2) -> Path:
     for w in WNIDS:
         img_dir = base / "train" / w / "images"
         img_dir.mkdir(parents=True)
-        for i in range(per_class):
-            Image.new("RGB", (64, 64), COLOURS[w]).save(img_dir / f"{w}_{i}.JPEG", format="JPEG", quality=95)
+        for i in range(per_class if w in COLOURS else 1):   # the other classes: one small image each
+            Image.new("RGB", (64, 64) if w in COLOURS else (8, 8), COLOURS.get(w, (128, 128, 128))).save(
+                img_dir / f"{w}_{i}.JPEG", format="JPEG", quality=95)
         (base / "train" / w / f"{w}_boxes.txt").write_text("")
     # a grayscale JPEG, as a few of the real ones are
     Image.new("L", (64, 64), 128).save(base / "train" / WNIDS[0] / "images" / f"{WNIDS[0]}_{per_class}.JPEG",
@@ -267,11 +277,11 @@ def _close(x: torch.Tensor, rgb, tol: int = 4) -> bool:
 def test_tiny_imagenet_folder_layout(tmp_path, monkeypatch):
     base = _write_tiny(tmp_path)
     train, test, info = load("tiny_imagenet", tmp_path)
-    assert train.x.shape == (7, 3, 64, 64) and train.x.dtype == torch.uint8
+    assert train.x.shape == (7 + 197, 3, 64, 64) and train.x.dtype == torch.uint8
     assert test.x.shape == (4, 3, 64, 64)
-    assert train.y.tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert train.y.tolist() == [0, 0, 0, 1, 1, 2, 2] + list(range(3, 200))
     assert test.y.tolist() == [2, 0, 1, 2]
-    for x, y in zip(train.x, train.y):
+    for x, y in zip(train.x[:7], train.y[:7]):
         if not _close(x, (128, 128, 128)):
             assert _close(x, COLOURS[WNIDS[y]])
     assert _close(train.x[2], (128, 128, 128))   # the grayscale one, as three equal channels

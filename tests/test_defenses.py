@@ -112,7 +112,8 @@ def test_pipeline_hands_a_defense_only_what_it_declared(tmp_path, monkeypatch):
     Snoop.name = "ft"       # borrow a registered name and options section for the pipeline
     monkeypatch.setitem(defenses.REGISTRY, "ft", Snoop)
     cfg = from_dict({"data": {"name": "digits", "train_per_class": 10, "test_per_class": 5},
-                     "model": {"width": 2}, "attack_train": {"epochs": 1, "batch_size": 32}})
+                     "model": {"width": 2}, "attack_train": {"epochs": 1, "batch_size": 32},
+                     "defense": {"clean_ratio": 0.2}})      # 2 clean images a class, the least allowed
     run = experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False)
     with pytest.raises(ThreatModelError, match="poisoned"):
         experiment.defend(run, "ft", progress=False)

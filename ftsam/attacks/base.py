@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -28,7 +29,8 @@ import torch
 from torch import nn
 
 from ftsam.config import AttackConfig, ConfigError, _coerce, stable_hash
-from ftsam.data import DatasetInfo, ImageSet
+from ftsam.data import CacheWarning, DatasetInfo, ImageSet
+from ftsam.io import DamagedFile, load_tensors
 
 
 @dataclass
@@ -112,6 +114,18 @@ class Attack:
         if cache_dir is None:
             return None
         return Path(cache_dir) / f"{tag or self.name}-{stable_hash(inputs)}.safetensors"
+
+    @staticmethod
+    def load_resource(path: Path | None) -> dict[str, torch.Tensor] | None:
+        """The tensors of a cached resource at ``path``; ``None`` when there is none, or when
+        the file is damaged (then reported with its path, and :meth:`prepare` builds it again)."""
+        if path is None or not path.is_file():
+            return None
+        try:
+            return load_tensors(path)
+        except DamagedFile as e:
+            warnings.warn(f"damaged cache entry: {e}; building it again", CacheWarning, stacklevel=2)
+            return None
 
     # ---- poisoning ---------------------------------------------------------------------
     def apply(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ftsam.attacks.base import Attack, PoisonedTrainSet, to_float, to_uint8
 from ftsam.config import ConfigError
 from ftsam.data import ImageSet
-from ftsam.io import load_tensors, save_tensors
+from ftsam.io import save_tensors
 
 # The pattern of one corner, as (row, col, sign) with negative indices counting from the end.
 _TOP_LEFT = [(0, 0, 1), (0, 1, -1), (0, 2, -1), (1, 0, -1), (1, 1, 1), (1, 2, -1), (2, 0, 1), (2, 1, -1), (2, 2, 1)]
@@ -100,8 +100,8 @@ class CLA(Attack):
     def prepare(self, train, *, seed, cache_dir, key, device="cpu", clean_model=None):
         index = (train.y == self.cfg.target).nonzero().flatten()
         path = self.resource_path(cache_dir, self.resource_inputs(key))
-        if path is not None and path.is_file():
-            t = load_tensors(path)
+        t = self.load_resource(path)
+        if t is not None:
             if torch.equal(t["index"], index):
                 self.adv, self.adv_index = t["adv"], index
                 return

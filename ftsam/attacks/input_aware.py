@@ -63,7 +63,7 @@ from torch import nn
 from ftsam.attacks.base import Attack, to_float
 from ftsam.config import ConfigError
 from ftsam.data import ImageSet
-from ftsam.io import CheckpointError, load_tensors, save_tensors
+from ftsam.io import CheckpointError, save_tensors
 
 _EPS_SQUASH = 1e-7       # the official 1 / (2 + 1e-7) squashing
 
@@ -230,8 +230,9 @@ class InputAware(Attack):
         self.opt_g = torch.optim.Adam(self.netG.parameters(), self.opts.lr_g, betas=(0.5, 0.9))
         self._extra = None
         path = self.resource_path(cache_dir, self.resource_inputs(key, seed), tag="input_aware-mask")
-        if path is not None and path.is_file():
-            self.netM.load_state_dict(load_tensors(path))
+        t = self.load_resource(path)
+        if t is not None:
+            self.netM.load_state_dict(t)
         else:
             self.train_mask(train, seed)
             if path is not None:

@@ -51,7 +51,7 @@ import torch
 
 from ftsam.attacks.base import Attack, to_float
 from ftsam.config import ConfigError
-from ftsam.io import load_tensors, save_tensors
+from ftsam.io import save_tensors
 
 
 def dct_matrix(n: int, dtype=torch.float64) -> torch.Tensor:
@@ -147,8 +147,8 @@ class LF(Attack):
     def prepare(self, train, *, seed, cache_dir, key, device="cpu", clean_model=None):
         shape = (self.info.channels, self.info.size, self.info.size)
         path = self.resource_path(cache_dir, self.resource_inputs(key, seed))
-        if path is not None and path.is_file():
-            t = load_tensors(path)
+        t = self.load_resource(path)
+        if t is not None:
             if tuple(t["delta"].shape) == shape:
                 self.delta, self.fooling = t["delta"], t["fooling"].tolist()
                 return

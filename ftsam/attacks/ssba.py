@@ -48,7 +48,7 @@ from torch import nn
 
 from ftsam.attacks.base import Attack, to_float
 from ftsam.config import ConfigError
-from ftsam.io import load_tensors, save_tensors
+from ftsam.io import save_tensors
 
 VERSION = 1
 LEARNED = 0.9   # running bit accuracy at which the image loss starts
@@ -228,8 +228,8 @@ class SSBA(Attack):
         self.secret = self.make_secret(self.opts.bits, seed)
         self.encoder, self.decoder = self.build_networks()
         path = self.resource_path(cache_dir, self.resource_inputs(key, train, seed))
-        if path is not None and path.is_file():
-            t = load_tensors(path)
+        t = self.load_resource(path)
+        if t is not None:
             self.encoder.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("encoder.")})
             self.decoder.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("decoder.")})
             self.secret = t["secret"]

@@ -49,7 +49,7 @@ from torch import nn
 
 from ftsam.attacks.base import Attack, to_float
 from ftsam.config import ConfigError
-from ftsam.io import load_tensors, save_tensors
+from ftsam.io import save_tensors
 
 _TOLERANCE = 1e-3
 
@@ -149,8 +149,8 @@ class Trojan(Attack):
     def prepare(self, train, *, seed, cache_dir, key, device="cpu", clean_model=None):
         shape = (self.info.channels, self.info.size, self.info.size)
         path = self.resource_path(cache_dir, self.resource_inputs(key, seed))
-        if path is not None and path.is_file():
-            t = load_tensors(path)
+        t = self.load_resource(path)
+        if t is not None:
             if tuple(t["pattern"].shape) == shape:
                 self.pattern, self.neuron_index = t["pattern"], t["neurons"]
                 return
