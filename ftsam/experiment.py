@@ -235,6 +235,25 @@ def defense_overrides(defense: str, overrides: dict | None) -> dict:
     return out
 
 
+DETECTION_KEYS = ("flagged", "isolated")   # keys of ``found`` that name suspected poisoned samples
+
+
+def detection_scores(found: dict, poison_index: torch.Tensor) -> dict:
+    """Precision and recall (%) of the training samples a defense flagged as poisoned (the first of
+    :data:`DETECTION_KEYS` in ``found``: indices into the poisoned training set) against the
+    attack's ``poison_index``; measured by the pipeline, never by the defense. ``None`` where
+    undefined (nothing flagged; no poisoned sample, as for the attacks that poison on the fly);
+    ``{}`` for a defense that flags no samples at all."""
+    key = next((k for k in DETECTION_KEYS if k in found), None)
+    if key is None:
+        return {}
+    flagged = set(torch.as_tensor(found[key], dtype=torch.long).flatten().tolist())
+    poisoned = set(torch.as_tensor(poison_index, dtype=torch.long).flatten().tolist())
+    hits = len(flagged & poisoned)
+    return {"precision": 100.0 * hits / len(flagged) if flagged else None,
+            "recall": 100.0 * hits / len(poisoned) if poisoned else None}
+
+
 def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress: bool | None = None,
            rerun: bool = False, on_update=None) -> DefenseRun:
     """Apply ``defense`` (any of :data:`ftsam.defenses.REGISTRY`) to the backdoored run.
@@ -253,9 +272,11 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
     impl = build_defense(defense, dcfg)
     out_dir = run.run_dir / f"{defense}-{stable_hash(impl.cache_inputs(cfg))}"
     idx = clean_subset(run.clean_train, dcfg.clean_ratio, cfg.seed, balanced=dcfg.clean_sampling == "balanced")
+
+    def new_model():
+        return build_model(cfg.model, run.info).to(run.device)
     given = Given(defense, impl.needs, model=copy.deepcopy(run.model), clean=run.clean_train.subset(idx),
-                  poisoned=run.poisoned.data, new_model=lambda: build_model(cfg.model, run.info).to(run.device),
-                  scratch_train=cfg.attack_train)
+                  poisoned=run.poisoned.data, new_model=new_model, scratch_train=cfg.attack_train)
     result_file, model_file = out_dir / "result.json", out_dir / "model.safetensors"
     found_file = out_dir / "found.safetensors"
 
@@ -274,7 +295,9 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
             try:
                 result = load_json(result_file)
                 found = result.get("found", {}) | (load_tensors(found_file) if found_file.is_file() else {})
-                model = impl.restore(copy.deepcopy(run.model) if "model" in impl.needs else given.new_model(), found)
+                # a fresh model where the defense was not given the backdoored one (the Given would
+                # refuse new_model to a defense that declares neither "model" nor "poisoned")
+                model = impl.restore(copy.deepcopy(run.model) if "model" in impl.needs else new_model(), found)
                 load_model(model_file, model)
             except DamagedFile as e:
                 _rebuilding(e)
@@ -294,6 +317,7 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
                 if out.history and "asr" in out.history[-1]:
                     out.history[-1].update(final)
             final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
+            final |= detection_scores(found, run.poisoned.poison_index)
             history = [{"epoch": 0, **run.metrics}] + out.history
             tensors = {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
             result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final, "history": history,
