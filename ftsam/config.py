@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "gtsrb", "tiny_imagenet")
-MODELS = ("preactresnet18", "vgg19_bn")
+MODELS = ("preactresnet18", "vgg19_bn", "simple_cnn")
 DEFENSES = ("ft", "ft_sam", "ft_l2")
 
 
