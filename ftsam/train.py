@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ftsam.config import SAMConfig, TrainConfig
 from ftsam.data import ImageSet
-from ftsam.sam import SAM, frozen_bn
+from ftsam.sam import SAM, frozen_bn, rho_at
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -201,6 +201,8 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, *, seed: int, device
                 if trainable is not None:
                     trainable.after_step(opt.param_groups[0]["lr"] / cfg.lr if cfg.lr else 1.0)
             else:
+                if sam.rho_schedule != "constant":   # dynamic rho (issue 11): follows the lr
+                    minimizer.rho = rho_at(sam.rho, opt.param_groups[0]["lr"] / cfg.lr, sam.rho_schedule, sam.rho_min)
                 minimizer.ascent_step()
                 with frozen_bn(model):
                     loss_fn(xb, yb).backward()
