@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "gtsrb", "tiny_imagenet")
-MODELS = ("preactresnet18", "vgg19_bn")
+MODELS = ("preactresnet18", "vgg19_bn", "simple_cnn")
 MIN_IMAGE_SIZE = 8   # digits' own size; PreAct-ResNet18 halves it three times, to 1x1
 
 
@@ -122,11 +122,18 @@ class SAMConfig:
     eta: float = 0.0
     adaptive: bool = True
     perturb: Literal["all", "weights"] = "all"
+    # Dynamic rho (issue 11; the supplement's "dynamic strategy ... within [2, 10]"): with
+    # "lr", rho follows the learning rate, rho_t = rho_min + (rho - rho_min) * lr_t / lr, from
+    # rho at the start down to rho_min (GSAM's ProportionScheduler, as the authors' code uses it).
+    rho_schedule: Literal["constant", "lr"] = "constant"
+    rho_min: float = 0.0
 
     def check(self, prefix: str = "defense.ft_sam") -> None:
         _range(f"{prefix}.rho", self.rho, lo=0.0, strict=True)
         _range(f"{prefix}.eta", self.eta, lo=0.0)
         _choice(f"{prefix}.perturb", self.perturb, ("all", "weights"))
+        _choice(f"{prefix}.rho_schedule", self.rho_schedule, ("constant", "lr"))
+        _range(f"{prefix}.rho_min", self.rho_min, lo=0.0, hi=self.rho)
 
 
 def _defense_registry() -> dict:

@@ -104,6 +104,17 @@ class SAM:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+def rho_at(rho: float, lr_factor: float, schedule: str = "constant", rho_min: float = 0.0) -> float:
+    """The SAM radius at a step whose learning rate is ``lr_factor`` times the base rate:
+    ``rho`` for the constant schedule; for ``"lr"``, ``rho_min + (rho - rho_min) * lr_factor``
+    (rho falls with the learning rate, from ``rho`` to ``rho_min``)."""
+    if schedule == "constant":
+        return rho
+    if schedule == "lr":
+        return rho_min + (rho - rho_min) * lr_factor
+    raise ValueError(f"rho schedule: unknown value {schedule!r}; valid choices: constant, lr")
+
+
 @contextmanager
 def frozen_bn(model: nn.Module):
     """Keep BatchNorm running statistics fixed (train-mode batch statistics still used)."""

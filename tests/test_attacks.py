@@ -225,3 +225,13 @@ def test_ratio_beyond_the_eligible_samples_raises():
 def test_unknown_attack_raises():
     with pytest.raises(ConfigError, match="no_such_attack"):
         build_attack(AttackConfig(name="no_such_attack"), info())
+
+
+def test_blended_noise_image_is_fixed_by_its_seed():
+    a = build_attack(AttackConfig(name="blended", options={"image": "noise:3"}), info(1, 16))
+    b = build_attack(AttackConfig(name="blended", options={"image": "noise:3"}), info(1, 16))
+    c = build_attack(AttackConfig(name="blended", options={"image": "noise:4"}), info(1, 16))
+    assert a.pattern.shape == (1, 16, 16) and 0 <= a.pattern.min() and a.pattern.max() <= 1
+    assert torch.equal(a.pattern, b.pattern) and not torch.equal(a.pattern, c.pattern)
+    with pytest.raises(ConfigError, match="attack.options.image"):
+        build_attack(AttackConfig(name="blended", options={"image": "noise:x"}), info(1, 16))

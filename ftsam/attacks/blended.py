@@ -2,7 +2,8 @@
 
 alpha = 0.1 as the supplement says. The paper blends a Hello Kitty picture; offline we blend
 a natural photograph that ships inside scikit-learn (``china`` or ``flower``), or a user's
-own image file (any format PIL reads)."""
+own image file (any format PIL reads), or ``noise:SEED``, a fixed uniform-noise image drawn
+from SEED (Chen et al.'s random-noise pattern; the robustness suite's "random image")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,13 +25,17 @@ class Blended(Attack):
     @dataclass(frozen=True)
     class Options:
         alpha: float = 0.1
-        image: str = "china"     # "china", "flower", or a path to an image file
+        image: str = "china"     # "china", "flower", "noise:SEED", or a path to an image file
 
     @classmethod
     def check_options(cls, opts):
         if not 0.0 < opts.alpha < 1.0:
             raise ConfigError(f"attack.options.alpha must lie in (0, 1), got {opts.alpha}")
-        if opts.image not in BUILTIN_IMAGES and not Path(opts.image).is_file():
+        if opts.image.startswith("noise:"):
+            if not opts.image[6:].isdigit():
+                raise ConfigError(f"attack.options.image: {opts.image!r}: noise images are 'noise:SEED' "
+                                  f"with SEED an integer >= 0")
+        elif opts.image not in BUILTIN_IMAGES and not Path(opts.image).is_file():
             raise ConfigError(f"attack.options.image: {opts.image!r} is neither a built-in image "
                               f"({', '.join(BUILTIN_IMAGES)}) nor an existing file")
 
@@ -41,6 +46,9 @@ class Blended(Attack):
     @staticmethod
     def load_pattern(image: str, channels: int, size: int) -> torch.Tensor:
         """The blend image as float [C, size, size] in [0, 1]."""
+        if image.startswith("noise:"):
+            g = torch.Generator().manual_seed(int(image[6:]))
+            return torch.rand(channels, size, size, generator=g)
         if image in BUILTIN_IMAGES:
             from sklearn.datasets import load_sample_image
             arr = load_sample_image(f"{image}.jpg")

@@ -19,7 +19,7 @@ from torch import nn
 
 from ftsam.config import SAMConfig, TrainConfig
 from ftsam.defenses.base import FineTuning
-from ftsam.sam import SAM, frozen_bn
+from ftsam.sam import SAM, frozen_bn, rho_at
 from ftsam.train import Loss, classification_loss, make_optimizer
 
 
@@ -29,8 +29,13 @@ class SAMStep:
     optimizer: torch.optim.Optimizer
     loss: Loss
     minimizer: SAM
+    sam: SAMConfig | None = None      # for a dynamic rho (rho_schedule "lr"): rho follows the learning rate
+    base_lr: float = 0.0
 
     def __call__(self, xb, yb, before_update=None):
+        if self.sam is not None and self.sam.rho_schedule != "constant" and self.base_lr:
+            lr_factor = self.optimizer.param_groups[0]["lr"] / self.base_lr
+            self.minimizer.rho = rho_at(self.sam.rho, lr_factor, self.sam.rho_schedule, self.sam.rho_min)
         loss = self.loss(self.model, xb, yb)
         loss.backward()                               # pass 1: g = grad L(w)
         self.minimizer.ascent_step()                  # w <- w + eps
@@ -46,7 +51,7 @@ def sam_step(model: nn.Module, cfg: TrainConfig, sam: SAMConfig, optimizer: torc
     """FT-SAM's step with ``cfg``'s optimizer and label-smoothed cross-entropy."""
     optimizer = optimizer or make_optimizer(model, cfg)
     return SAMStep(model, optimizer, classification_loss(cfg.label_smoothing),
-                   SAM(optimizer, model, sam.rho, sam.eta, sam.adaptive, sam.perturb))
+                   SAM(optimizer, model, sam.rho, sam.eta, sam.adaptive, sam.perturb), sam, cfg.lr)
 
 
 class FTSAM(FineTuning):

@@ -26,6 +26,9 @@ def build_model(cfg: ModelConfig, info: DatasetInfo) -> nn.Module:
     if cfg.name == "vgg19_bn":
         from ftsam.models.vgg import VGG19BN
         return VGG19BN(info.channels, info.num_classes, info.mean, info.std, width=cfg.width)
+    if cfg.name == "simple_cnn":
+        from ftsam.models.simple_cnn import SimpleCNN
+        return SimpleCNN(info.channels, info.num_classes, info.mean, info.std, width=cfg.width, size=info.size)
     raise ConfigError(f"model.name: unknown model {cfg.name!r}; valid choices: {', '.join(MODELS)}")
 
 

@@ -1,0 +1,69 @@
+"""The robustness suite's variant family (cheap: no training) and its summary."""
+from __future__ import annotations
+
+import pytest
+
+from ftsam.attacks import build_attack
+from ftsam.config import Config
+from ftsam.data import DatasetInfo
+from ftsam.robustness import PUBLISHED, summarize, variant_family
+
+
+def info(size=16, classes=10):
+    return DatasetInfo("test", 1, size, classes, (0.5,), (0.25,))
+
+
+def test_seeded_and_at_least_twenty():
+    a, b, c = variant_family(info(), seed=0), variant_family(info(), seed=0), variant_family(info(), seed=1)
+    assert a == b and a != c
+    assert len(a) >= 20 and len({v.label for v in a}) == len(a)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("size, classes", [(16, 10), (28, 10), (32, 43)])
+def test_ranges_respected_and_every_variant_is_a_valid_config(seed, size, classes):
+    fam = variant_family(info(size, classes), seed=seed, n=30)
+    kinds = [v.overrides["attack.name"] for v in fam]
+    assert kinds.count("badnets") == 18 and kinds.count("blended") == 12
+    for v in fam:
+        ov = v.overrides
+        assert 0 <= ov["attack.target"] < classes
+        assert 0.01 <= ov["attack.poison_ratio"] <= 0.10
+        opts = ov["attack.options"]
+        if ov["attack.name"] == "badnets":
+            assert 2 <= opts["patch_size"] <= 5
+            assert opts["pattern"] in ("white", "checkerboard", "random")
+            if isinstance(opts["position"], list):
+                assert all(0 <= x <= size - opts["patch_size"] for x in opts["position"])
+        else:
+            assert 0.1 <= opts["alpha"] <= 0.2
+        cfg = Config().with_overrides(ov)          # a valid config: checks keys and values
+        build_attack(cfg.attack, info(size, classes))
+
+
+def test_family_varies_what_it_should():
+    fam = variant_family(info(), seed=0, n=40)
+    bad = [v.overrides for v in fam if v.overrides["attack.name"] == "badnets"]
+    assert len({o["attack.target"] for o in bad}) > 3
+    assert len({o["attack.options"]["patch_size"] for o in bad}) == 4
+    assert len({o["attack.options"]["pattern"] for o in bad}) == 3
+    assert any(isinstance(o["attack.options"]["position"], list) for o in bad)
+    assert any(isinstance(o["attack.options"]["position"], str) for o in bad)
+
+
+def test_published_attacks_take_their_settings():
+    fam = variant_family(info(), n=0, published=PUBLISHED, attack_settings={"wanet": {"attack_train.epochs": 100}})
+    assert [v.label for v in fam] == [f"published {s}" for s in PUBLISHED]
+    by = {v.label: v.overrides for v in fam}
+    assert by["published badnets-a2a"]["attack.mode"] == "all2all"
+    assert by["published wanet"]["attack_train.epochs"] == 100
+
+
+def test_summarize_excludes_variants_that_did_not_implant():
+    rows = [{"label": "a", "implanted": True, "FT-SAM asr": 5.0, "FT-SAM acc_loss": 1.0},
+            {"label": "b", "implanted": True, "FT-SAM asr": 30.0, "FT-SAM acc_loss": 3.0},
+            {"label": "c", "implanted": False, "FT-SAM asr": 0.0, "FT-SAM acc_loss": 9.0}]
+    s = summarize(rows, "FT-SAM")
+    assert s["implanted"] == 2 and s["excluded"] == ["c"]
+    assert s["removed_share"] == 0.5 and s["median_acc_loss"] == 2.0 and s["max_acc_loss"] == 3.0
+    assert s["over_5_points"] == 0
