@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ftsam import experiment
-from ftsam.config import ConfigError, TrainConfig, from_dict
+from ftsam.config import ConfigError, from_dict
 from ftsam.data import ImageSet
 from ftsam.defenses import Context, Given, build_defense
 from ftsam.defenses.fp import FP, attach_mask, feature_layer, prune_until
@@ -110,3 +110,8 @@ def test_defend_caches_the_pruned_fine_tuned_model_and_restores_its_mask(tmp_pat
     x = run.test.x.float() / 255
     assert torch.equal(again.model(x), first.model(x))
     assert seen["out"][:, first.found["pruned"]].abs().max() == 0
+
+
+def test_a_model_without_convolutions_is_refused():
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        feature_layer(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(2, 1, 4, 4))

@@ -67,10 +67,10 @@ def feature_layer(model: nn.Module, example: torch.Tensor) -> str:
     the modules that finish after the last ``nn.Conv2d`` (one forward pass of ``example``), the
     last of the unbroken run that returns a tensor of the conv's shape (a ReLU, a residual block
     that adds a shortcut); a pooling layer, or any change of shape, ends the run."""
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError(f"FP prunes the last convolutional layer, but {type(model).__name__} has no nn.Conv2d")
-    conv = last_conv_name(model)
+    try:
+        conv = last_conv_name(model)
+    except IndexError:
+        raise ValueError(f"FP prunes the last convolutional layer, but {type(model).__name__} has no nn.Conv2d") from None
     finished: list[tuple[str, tuple | None]] = []
 
     def record(name):
