@@ -7,9 +7,11 @@ What the method does (paper and reference code ``Purification_NGF.py`` /
 ``natural_gradient_optimizer.py`` of the authors' anonymous release):
 
 - Fine-tune **one layer**, the classification layer, on the defender's clean data; the rest of
-  the network stays as it is (``layers: last``; ``layers: all`` fine-tunes every Linear/Conv2d
-  layer with the same optimizer and every other parameter, e.g. BatchNorm's, with its plain
-  gradient, as the reference optimizer treats the modules it does not precondition).
+  the network stays as it is (``layers: last``, the default: the paper's method). Two options
+  for comparison: ``layers: all`` preconditions every Linear/Conv2d layer and gives every other
+  parameter (BatchNorm's) its plain gradient; ``layers: reference`` is what the reference script
+  actually runs: its optimizer preconditions the classification layer only (``module_start``)
+  but is built over all parameters, so the rest of the network gets plain SGD steps.
 - The optimizer is **K-FAC** (Martens & Grosse 2015; KFC for convolutions): per layer the Fisher
   block is approximated by A (x) G, A = E[a a^T] of the layer's inputs (with a 1 for the bias),
   G = E[g g^T] of the per-sample loss gradients at its outputs (the gradient of the training
@@ -232,7 +234,7 @@ def kfac_modules(model: nn.Module, which: str) -> dict[str, nn.Module]:
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     if not layers:
         raise ConfigError(f"NGD: {type(model).__name__} has no Linear or Conv2d layer to fine-tune")
-    if which == "last":
+    if which in ("last", "reference"):
         name = [n for n, m in layers.items() if isinstance(m, nn.Linear)][-1:] or list(layers)[-1:]
         return {name[0]: layers[name[0]]}
     return layers
@@ -254,7 +256,9 @@ class NGD(Defense):
         cov_every: int = 10             # steps between refreshes of the factors
         inv_every: int = 100            # steps between their eigendecompositions
         fisher_reg: float = 0.1         # eta_F of the clean-distribution-aware regulariser
-        layers: Literal["last", "all"] = "last"   # the classification layer only (the paper), or every layer
+        # "last": the classification layer only (the paper's one layer); "all": every Linear/Conv2d;
+        # "reference": K-FAC on the classification layer, plain SGD on the rest (the reference code)
+        layers: Literal["last", "all", "reference"] = "last"
 
     @classmethod
     def check_options(cls, o):
@@ -277,7 +281,7 @@ class NGD(Defense):
         o, train = self.opts, self.cfg.train
         modules = kfac_modules(model, o.layers)
         tuned = {f"{n}.{k}": p for n, m in modules.items() for k, p in m.named_parameters()}
-        if o.layers == "all":
+        if o.layers in ("all", "reference"):
             tuned = {n: p for n, p in model.named_parameters() if p.requires_grad}
         for n, p in model.named_parameters():
             p.requires_grad_(n in tuned)
