@@ -91,7 +91,7 @@ def test_diagonal_fisher_and_the_regulariser():
 
 def test_only_the_classification_layer_is_tuned_by_default():
     model = PreActResNet18(1, 10, (0.5,), (0.5,), width=2)
-    assert list(kfac_modules(model, "last")) == ["linear"]
+    assert list(kfac_modules(model, "last")) == list(kfac_modules(model, "reference")) == ["linear"]
     assert len(kfac_modules(model, "all")) == 1 + sum(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
