@@ -5,6 +5,8 @@ the right signs), a model without BatchNorm is refused, the optimisation resumes
 and the pipeline caches the pruned model with what ANP found."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,29 @@ def planted(n=256, seed=0):
         head.weight.copy_(torch.tensor([[-10.0, -5.0], [10.0, 5.0]]))
         head.bias.zero_()
     return nn.Sequential(nn.Flatten(), bn, head).eval(), ImageSet(x, y)
+
+
+def test_unmasked_noiseless_layers_are_the_model_and_everything_is_put_back():
+    """Mask 1 and no noise: the swapped-in layers compute what the model does (running statistics
+    as in eval mode, or batch statistics as in train mode) and touch no buffer; on exit the
+    model has its own layers, state and trainable flags again."""
+    model, (x, _) = tiny_resnet(), batch()
+    with torch.no_grad():
+        for m in anp_mod.maskable_layers(model).values():
+            m.running_mean.uniform_(-0.5, 0.5), m.bias.uniform_(-0.5, 0.5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    eval_out = model(x)
+    train_out = copy.deepcopy(model).train()(x)
+    own = list(model.parameters())
+    with perturbed(model, batch_stats=False) as layers:
+        assert len(layers) == 16 and not any(p.requires_grad for p in own)     # the model is frozen
+        torch.testing.assert_close(model(x), eval_out)
+    with perturbed(model, batch_stats=True):
+        torch.testing.assert_close(model(x), train_out)
+    assert list(model.state_dict()) == list(state)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(isinstance(m, anp_mod.PerturbedBN) for m in model.modules())
 
 
 def test_masks_stay_in_the_unit_interval_while_optimised():
