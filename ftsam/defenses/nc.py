@@ -213,7 +213,8 @@ class NC(Defense):
     def reverse_all(self, model: nn.Module, clean: ImageSet, ctx: Context) -> list[Reversed]:
         """Every class's reversed trigger, each saved as it finishes (and reused on a rerun)."""
         model.to(ctx.device).eval()
-        for p in model.parameters():
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:         # only the mask and the pattern are optimised
             p.requires_grad_(False)
         with torch.no_grad():
             classes = model(clean.x[:1].to(ctx.device).float().div(255)).shape[1]
@@ -231,7 +232,7 @@ class NC(Defense):
                 save_tensors(path, {"mask": r.mask, "pattern": r.pattern, "l1": torch.tensor(r.l1),
                                     "success": torch.tensor(r.success), "passes": torch.tensor(r.passes)})
             out.append(r)
-        for p in model.parameters():
+        for p in trainable:
             p.requires_grad_(True)
         return out
 
