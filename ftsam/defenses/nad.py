@@ -38,7 +38,7 @@ from torch import nn
 
 from ftsam.config import ConfigError
 from ftsam.defenses.base import Defended, Defense
-from ftsam.train import Loss, classification_loss, make_optimizer, sgd_step
+from ftsam.train import SGDStep, classification_loss, make_optimizer, sgd_step
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -103,30 +103,25 @@ def default_points(model: nn.Module, probe: torch.Tensor, count: int) -> list[tu
 
 
 @dataclass
-class NADStep:
-    """One NAD update: cross-entropy plus the attention losses of the student (``model``, train
-    mode) against ``teacher`` (eval mode, no gradient, never updated) at ``points``."""
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    loss: Loss
+class NADStep(SGDStep):
+    """One NAD update: the plain step on cross-entropy plus the attention losses of the student
+    (``model``, train mode) against ``teacher`` (eval mode, no gradient, never updated) at ``points``."""
     teacher: nn.Module
     points: list
     betas: tuple
     p: float = 2.0
 
-    def __call__(self, xb, yb, before_update=None):
-        with captured(self.model, self.points) as s_maps:
-            ce = self.loss(self.model, xb, yb)
-        self.teacher.eval()
-        with torch.no_grad(), captured(self.teacher, self.points) as t_maps:
-            self.teacher(xb)
-        loss = ce + attention_loss(s_maps, t_maps, self.betas, self.p)
-        loss.backward()
-        if before_update is not None:
-            before_update()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss
+    def __post_init__(self):
+        ce = self.loss
+
+        def loss(model, xb, yb):
+            with captured(model, self.points) as s_maps:
+                out = ce(model, xb, yb)
+            self.teacher.eval()
+            with torch.no_grad(), captured(self.teacher, self.points) as t_maps:
+                self.teacher(xb)
+            return out + attention_loss(s_maps, t_maps, self.betas, self.p)
+        self.loss = loss
 
 
 class NAD(Defense):
