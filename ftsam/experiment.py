@@ -271,7 +271,9 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
     dcfg: DefenseConfig = cfg.defense
     impl = build_defense(defense, dcfg)
     out_dir = run.run_dir / f"{defense}-{stable_hash(impl.cache_inputs(cfg))}"
-    idx = clean_subset(run.clean_train, dcfg.clean_ratio, cfg.seed, balanced=dcfg.clean_sampling == "balanced")
+    # the defender's clean subset, drawn only for a defense that is given one (AC and ABL are not)
+    idx = clean_subset(run.clean_train, dcfg.clean_ratio, cfg.seed, balanced=dcfg.clean_sampling == "balanced") \
+        if "clean" in impl.needs else torch.empty(0, dtype=torch.long)
 
     def new_model():
         return build_model(cfg.model, run.info).to(run.device)

@@ -214,7 +214,8 @@ def test_an_interrupted_optimisation_resumes_exactly(tmp_path, monkeypatch):
 def test_defend_caches_the_pruned_model_and_what_anp_found(tmp_path, monkeypatch):
     cfg = from_dict({"data": {"name": "digits", "train_per_class": 10, "test_per_class": 5},
                      "model": {"width": 2}, "attack_train": {"epochs": 1, "batch_size": 32},
-                     "defense": {"anp": {"iterations": 3, "batch_size": 16, "prune_by": "number", "count": 3}}})
+                     "defense": {"clean_ratio": 0.2,
+                                 "anp": {"iterations": 3, "batch_size": 16, "prune_by": "number", "count": 3}}})
     run = experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False)
     first = experiment.defend(run, "anp", progress=False)
     f = first.found

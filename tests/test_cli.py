@@ -159,7 +159,8 @@ def test_attack_defend_and_list_on_a_params_file(backdoored, tmp_path, capsys):
     assert main(["defend", str(params), "--defense", "ft_sam", "--option", "rho=3", *cache, "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"acc", "asr", "ra", "der"}
     assert main(["defend", str(params), "--defense", "nope", *cache]) == 2
-    assert "unknown defense 'nope'; valid choices: ft" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown defense 'nope'; valid choices:" in err and "ft, ft_l2, ft_sam" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {name: folder, roots: x}\n")
     assert main(["attack", str(bad), *cache]) == 2

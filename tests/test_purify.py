@@ -155,7 +155,7 @@ def test_settings_by_name_and_options_checked_like_a_params_file(run, tmp_path):
     opts = out.report["options"]
     assert opts["ft_sam"]["rho"] == 2.0 and opts["train"]["eval_every"] == 5 and opts["train"]["label_smoothing"] == 0.1
     assert ftsam.purify(run.model, _clean(run), epochs=1, rho=3.0, **{"ft_sam.eta": 0.01}).report["options"]["ft_sam"] \
-        == {"rho": 3.0, "eta": 0.01, "adaptive": True, "perturb": "all"}
+        == {"rho": 3.0, "eta": 0.01, "adaptive": True, "perturb": "all", "rho_schedule": "constant", "rho_min": 0.0}
     with pytest.raises(ConfigError, match="unknown option 'rhoo'.*valid: rho, eta"):
         ftsam.purify(run.model, _clean(run), rhoo=1.0)
     with pytest.raises(ConfigError, match="defense.ft_sam.rho must be > 0"):
