@@ -24,8 +24,9 @@ SECTIONS = {
     4: ("eval_cost", "evaluation share of the defense"),
     5: ("gpu_path", "GPU path"),
     6: ("memory", "memory"),
+    7: ("defense_cost", "cost of each defense"),
 }
-TAKES_THREADS = {"eval_cost", "memory"}     # they start fresh processes, which pin the same count
+TAKES_THREADS = {"eval_cost", "memory", "defense_cost"}     # they start fresh processes, which pin the same count
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ from ftsam.models.preact_resnet import PreActResNet18
 
 from synthetic import imageset
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_resnet(seed=0):

@@ -24,7 +24,7 @@ from ftsam.metrics import accuracy
 from ftsam.train import predict
 from ftsam.user_model import load_user_model
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parent.parent
 
 

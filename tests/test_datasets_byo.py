@@ -12,7 +12,7 @@ from ftsam.config import ConfigError, from_dict
 from ftsam.data import ImageSet, load_dataset
 from ftsam.datasets_byo import DatasetError, register_dataset
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(data: dict, **more):

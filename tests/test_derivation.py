@@ -15,6 +15,8 @@ from ftsam.derivation import (closed_form_eps, constraint_norm, ellipse_2d, line
                               scale_to_boundary, scaling)
 from ftsam.models import build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 F64 = torch.float64
 # (eta, adaptive): the authors' code, ASAM's reference setting, plain SAM (T_w = I)
 SETTINGS = {"adaptive_eta0": (0.0, True), "adaptive_eta001": (0.01, True), "plain": (0.0, False)}
@@ -107,14 +109,6 @@ def test_eta0_with_zero_weights_leaves_them_unperturbed():
 
 
 # ---- the real optimizer on a real model ---------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: one thread is as fast, and avoids OpenMP spin-waits (seconds
-    per test) when other processes keep the cores busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

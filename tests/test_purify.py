@@ -19,7 +19,7 @@ from ftsam.data import clean_subset
 from ftsam.datasets_byo import DatasetError
 from ftsam.models import Normalize
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCHS = {"epochs": 2, "batch_size": 16}
 
 
