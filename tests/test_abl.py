@@ -10,12 +10,14 @@ from torch import nn
 from ftsam import experiment
 from ftsam.attacks import build_attack
 from ftsam.config import ConfigError, from_dict
-from ftsam.data import ImageSet, load_dataset
+from ftsam.data import ImageSet
 from ftsam.defenses.abl import (ascent_loss, chain_histories, flooding, isolation_loss, lga, lowest,
                                 per_sample_losses)
 from ftsam.defenses.base import Context
 from ftsam.models import build_model
 from ftsam.train import SGDStep, make_optimizer
+
+import synthetic
 
 
 class FixedLogits(nn.Module):
@@ -59,28 +61,41 @@ def test_per_sample_losses_in_batches_equal_one_at_a_time_and_lowest_picks_them(
     assert len(lowest(batched, 0.01)) == 1
 
 
-def digits_badnets():
-    cfg = from_dict({"data": {"name": "digits", "image_size": 8}, "model": {"width": 4},
+def noise_badnets(seed: int):
+    """400 random 8x8 images with random labels (a clean task that is slow to learn) of which
+    10% carry BadNets' patch and the target label (a backdoor that is fast to learn): the
+    situation ABL's isolation relies on, without the luck of one dataset's learning curve."""
+    cfg = from_dict({"seed": seed, "data": {"name": "digits", "image_size": 8}, "model": {"width": 4},
                      "attack": {"name": "badnets", "poison_ratio": 0.1},
-                     "attack_train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "crop_padding": 1,
+                     "attack_train": {"epochs": 6, "batch_size": 32, "lr": 0.05, "crop_padding": 0,
                                       "schedule": "constant"}})
-    train, _, info = load_dataset(cfg.data)
-    poisoned = build_attack(cfg.attack, info).poison_trainset(train, cfg.seed)
-    torch.manual_seed(0)
+    info = synthetic.info(1, 8)
+    poisoned = build_attack(cfg.attack, info).poison_trainset(synthetic.imageset(400, 10, 1, 8, seed=seed), cfg.seed)
+    torch.manual_seed(seed)
     return cfg, build_model(cfg.model, info), poisoned
 
 
-def test_lga_isolation_isolates_badnets_poisons_and_unlearning_raises_their_loss():
-    """The defining property: after a few LGA epochs the lowest-loss 1% of a BadNets-poisoned set
-    are (>= 80%) poisons; gradient ascent on them raises their loss."""
-    cfg, model, poisoned = digits_badnets()
+def isolate(cfg, model, poisoned, ratio):
     opt = make_optimizer(model, cfg.attack_train)
-    Context(seed=0).fit(model, poisoned.data, cfg.attack_train, SGDStep(model, opt, isolation_loss("lga", 0.5)),
-                        desc="isolation")
+    Context(seed=cfg.seed).fit(model, poisoned.data, cfg.attack_train,
+                               SGDStep(model, opt, isolation_loss("lga", 0.5)), desc="isolation")
     losses = per_sample_losses(model, poisoned.data, torch.device("cpu"))
-    isolated = lowest(losses, 0.01)
-    scores = experiment.detection_scores({"isolated": isolated}, poisoned.poison_index)
-    assert scores["precision"] >= 80, scores
+    isolated = lowest(losses, ratio)
+    return opt, losses, isolated, experiment.detection_scores({"isolated": isolated}, poisoned.poison_index)
+
+
+def test_lga_isolation_isolates_the_fast_learned_backdoor():
+    """The defining property: after a few LGA epochs the lowest-loss samples are the backdoor's.
+    One short run's outcome depends on its learning curve (seed, even the thread count: an early
+    epoch that has not yet learned the patch isolates nothing), so the claim is over six seeds:
+    at least four isolate >= 80% poisons. Chance would give 10%."""
+    precisions = [isolate(*noise_badnets(seed), 0.05)[3]["precision"] for seed in range(6)]
+    assert sum(p >= 80 for p in precisions) >= 4, precisions
+
+
+def test_unlearning_raises_the_loss_of_the_isolated_samples():
+    cfg, model, poisoned = noise_badnets(0)
+    opt, losses, isolated, _ = isolate(cfg, model, poisoned, 0.05)
     before = losses[isolated].mean()
     unlearn = SGDStep(model, opt, ascent_loss)
     for g in opt.param_groups:
