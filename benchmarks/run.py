@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from benchmarks.common import load_average, machine, pin_threads
+    from benchmarks.common import Section, load_average, machine, pin_threads
     threads = args.threads or torch.get_num_threads()
     pin_threads(threads)
     info = machine()
@@ -54,7 +54,13 @@ def main(argv=None) -> int:
         mod = importlib.import_module(f"benchmarks.{mod_name}")
         t = time.perf_counter()
         load = load_average()
-        sec = mod.run(quick=args.quick, threads=threads) if mod_name in TAKES_THREADS else mod.run(quick=args.quick)
+        try:
+            sec = mod.run(quick=args.quick, threads=threads) if mod_name in TAKES_THREADS else mod.run(quick=args.quick)
+        except Exception as e:    # noqa: BLE001 - one broken section must not cost the others' numbers
+            import traceback
+            traceback.print_exc()
+            sec = Section(f"{num}. {title}")
+            sec.add(f"**This section failed: {type(e).__name__}: {e}** (traceback on stderr).", "")
         sec.seconds = time.perf_counter() - t
         sec.load_at_start = load
         sections.append(sec)

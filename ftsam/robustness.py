@@ -130,6 +130,42 @@ def summarize(rows: list[dict], defense: str, removed_asr: float = 10.0) -> dict
             "over_5_points": sum(x > 5.0 for x in loss)}
 
 
+def load_rows(path) -> list[dict]:
+    """The rows a suite run wrote (``python -m benchmarks.robustness_suite --out PATH``: one JSON
+    object per variant and line, appended), the last row of each variant label winning, in the
+    order the variants first appear. A line that is not a row is an error naming the file."""
+    import json
+    from pathlib import Path
+    rows: dict[str, dict] = {}
+    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows[row["label"]] = row
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}, line {i}: not a robustness-suite row ({type(e).__name__}: {e})") from None
+    return list(rows.values())
+
+
+def rows_table(rows: list[dict], defenses: list[str]) -> str:
+    """One line per variant: backdoored ACC/ASR, then each defense's ACC/ASR (x: did not implant)."""
+    from ftsam.report import table
+    return table(["variant", "backdoored"] + defenses,
+                 [[r["label"] + ("" if r["implanted"] else " (x)"), f"{r['bd_acc']:.1f}/{r['bd_asr']:.1f}"]
+                  + [f"{r[f'{d} acc']:.1f}/{r[f'{d} asr']:.1f}" for d in defenses] for r in rows])
+
+
+def summary_table(summaries: dict[str, dict]) -> str:
+    """:func:`summarize`'s results, one line per ``name -> summary``."""
+    from ftsam.report import table
+    return table(["setting / defense", "implanted", "ASR <= 10%", "median ASR", "max ASR", "median ACC loss",
+                  "max ACC loss", "ACC loss > 5"],
+                 [[name, f"{s['implanted']}/{s['variants']}", f"{100 * s['removed_share']:.0f}%",
+                   f"{s['median_asr']:.1f}", f"{s['max_asr']:.1f}", f"{s['median_acc_loss']:.1f}",
+                   f"{s['max_acc_loss']:.1f}", s["over_5_points"]] for name, s in summaries.items()])
+
+
 def plot_suite(rows: list[dict], defenses: list[str], title: str = ""):
     """Post-defense ASR and ACC loss of the implanted variants, one column of points per defense
     (the distribution figure of the suite). Returns the matplotlib figure."""

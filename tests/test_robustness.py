@@ -1,6 +1,8 @@
 """The robustness suite's variant family (cheap: no training) and its summary."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ftsam.attacks import build_attack
@@ -67,3 +69,18 @@ def test_summarize_excludes_variants_that_did_not_implant():
     assert s["implanted"] == 2 and s["excluded"] == ["c"]
     assert s["removed_share"] == 0.5 and s["median_acc_loss"] == 2.0 and s["max_acc_loss"] == 3.0
     assert s["over_5_points"] == 0
+
+
+def test_recorded_rows_load_with_the_last_row_of_a_variant_winning_and_bad_lines_named(tmp_path):
+    from ftsam.robustness import load_rows, rows_table
+    row = {"label": "v00 badnets", "implanted": True, "bd_acc": 99.0, "bd_asr": 100.0,
+           "FT acc": 98.0, "FT asr": 50.0, "FT acc_loss": 1.0, "FT-SAM acc": 97.0, "FT-SAM asr": 1.0, "FT-SAM acc_loss": 2.0}
+    path = tmp_path / "suite.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (row, {**row, "label": "v01 blended"},
+                                                        {**row, "FT-SAM asr": 3.0})) + "\n")
+    rows = load_rows(path)
+    assert [r["label"] for r in rows] == ["v00 badnets", "v01 blended"] and rows[0]["FT-SAM asr"] == 3.0
+    assert "98.0/50.0" in rows_table(rows, ["FT", "FT-SAM"])
+    path.write_text(json.dumps(row) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"suite.jsonl, line 2"):
+        load_rows(path)
