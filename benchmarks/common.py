@@ -151,3 +151,16 @@ def peak_rss_mb() -> float:
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fresh_process_json(module: str, *args: str) -> dict:
+    """Run ``python -m module *args --out FILE`` in a fresh process (its own peak RSS, its own
+    thread pool) and return the JSON it wrote to FILE."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([sys.executable, "-m", module, *args, "--out", f.name], check=True)
+        with open(f.name) as g:
+            return json.load(g)

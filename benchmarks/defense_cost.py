@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks.common import Section
+from benchmarks.common import Section, fresh_process_json
 
 PARAMS = "params/offline.yaml"
 ATTACK = "badnets-a2o"
@@ -54,12 +53,8 @@ def worker(args) -> dict:
 
 
 def measure(defense: str | None, runs: str, threads: int) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        cmd = [sys.executable, "-m", "benchmarks.defense_cost", "--worker", "--runs", runs, "--threads", str(threads),
-               "--out", f.name]
-        subprocess.run(cmd + (["--defense", defense] if defense else []), check=True)
-        with open(f.name) as g:
-            return json.load(g)
+    return fresh_process_json("benchmarks.defense_cost", "--worker", "--runs", runs, "--threads", str(threads),
+                              *(["--defense", defense] if defense else []))
 
 
 def run(quick: bool = False, threads: int = 1) -> Section:

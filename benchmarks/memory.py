@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
 
-from benchmarks.common import Section
+from benchmarks.common import Section, fresh_process_json
 from benchmarks.offline_run import result
 
 def tensor_timeline(fn) -> dict | None:
@@ -62,11 +59,7 @@ def step_worker(threads: int) -> dict:
 
 
 def step_result(threads: int) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        subprocess.run([sys.executable, "-m", "benchmarks.memory", "--step-worker", "--threads", str(threads),
-                        "--out", f.name], check=True)
-        with open(f.name) as g:
-            return json.load(g)
+    return fresh_process_json("benchmarks.memory", "--step-worker", "--threads", str(threads))
 
 
 def run(quick: bool = False, threads: int = 1) -> Section:
