@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parent.parent
 FIGURES = ["00_derivation_ellipsoid", "01_attack_samples", "02_defense_curves", "03_ablation_tw",
            "04_l2_regularization", "05_gradient_norms", "05_weight_norms", "06_gradcam_badnets_all2one",
            "06_gradcam_blended_all2one", "07_tsne", "09_attack_samples",
-           "09_clean_label_samples"]
+           "09_clean_label_samples", "13_robustness_live", "13_robustness_digits_preactresnet18",
+           "13_robustness_digits_simple_cnn"]
 
 
 @pytest.mark.parametrize("name", FIGURES)
