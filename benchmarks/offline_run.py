@@ -83,15 +83,9 @@ EVAL_EVERY = (5, 10)
 def result(threads: int) -> dict:
     """The instrumented run's numbers, from a subprocess started once per thread count."""
     if threads not in _CACHE:
-        import os
-        import subprocess
-        import sys
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "offline_run.json")
-            subprocess.run([sys.executable, "-m", "benchmarks.offline_run", "--threads", str(threads), "--out", path,
-                            "--eval-every", *map(str, EVAL_EVERY)], check=True)
-            with open(path) as f:
-                _CACHE[threads] = json.load(f)
+        from benchmarks.common import fresh_process_json
+        _CACHE[threads] = fresh_process_json("benchmarks.offline_run", "--threads", str(threads),
+                                             "--eval-every", *map(str, EVAL_EVERY))
     return _CACHE[threads]
 
 
