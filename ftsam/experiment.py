@@ -235,18 +235,16 @@ def defense_overrides(defense: str, overrides: dict | None) -> dict:
     return out
 
 
-DETECTION_KEYS = ("flagged", "isolated")   # keys of ``found`` that name suspected poisoned samples
-
-
-def detection_scores(found: dict, poison_index: torch.Tensor) -> dict:
-    """Precision and recall (%) of the training samples a defense flagged as poisoned (the first of
-    :data:`DETECTION_KEYS` in ``found``: indices into the poisoned training set) against the
-    attack's ``poison_index``; measured by the pipeline, never by the defense. ``None`` where
-    undefined (nothing flagged; no poisoned sample, as for the attacks that poison on the fly);
-    ``{}`` for a defense that flags no samples at all."""
-    key = next((k for k in DETECTION_KEYS if k in found), None)
+def detection_scores(found: dict, poison_index: torch.Tensor, key: str | None) -> dict:
+    """Precision and recall (%) of the training samples a defense flagged as poisoned
+    (``found[key]``: indices into the poisoned training set, ``key`` being the defense's
+    ``flags_samples``) against the attack's ``poison_index``; measured by the pipeline, never by
+    the defense. ``None`` where undefined (nothing flagged; no poisoned sample, as for the attacks
+    that poison on the fly); ``{}`` for a defense that flags no samples (``key`` None)."""
     if key is None:
         return {}
+    if key not in found:
+        raise KeyError(f"the defense declares its flagged samples in found[{key!r}], but found has {sorted(found)}")
     flagged = set(torch.as_tensor(found[key], dtype=torch.long).flatten().tolist())
     poisoned = set(torch.as_tensor(poison_index, dtype=torch.long).flatten().tolist())
     hits = len(flagged & poisoned)
@@ -319,7 +317,7 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
                 if out.history and "asr" in out.history[-1]:
                     out.history[-1].update(final)
             final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
-            final |= detection_scores(found, run.poisoned.poison_index)
+            final |= detection_scores(found, run.poisoned.poison_index, impl.flags_samples)
             history = [{"epoch": 0, **run.metrics}] + out.history
             tensors = {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
             result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final, "history": history,
@@ -331,7 +329,11 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
             for state in out_dir.glob("*state*.safetensors"):
                 state.unlink(missing_ok=True)
     model.eval()
-    return DefenseRun(defense, impl.title, result["metrics"], result["history"], result["clean_index"], model, found)
+    # scored here on every return, the cached too: results cached before ``flags_samples`` existed
+    # carried a bogus precision and recall for NC (its flagged classes read as sample indices)
+    metrics = {k: v for k, v in result["metrics"].items() if k not in ("precision", "recall")} \
+        | detection_scores(found, run.poisoned.poison_index, impl.flags_samples)
+    return DefenseRun(defense, impl.title, metrics, result["history"], result["clean_index"], model, found)
 
 
 def monitor_subset(test: ImageSet, test_bd: PoisonedTestSet, per_class: int) -> tuple[ImageSet, PoisonedTestSet]:

@@ -81,7 +81,7 @@ def isolate(cfg, model, poisoned, ratio):
                                SGDStep(model, opt, isolation_loss("lga", 0.5)), desc="isolation")
     losses = per_sample_losses(model, poisoned.data, torch.device("cpu"))
     isolated = lowest(losses, ratio)
-    return opt, losses, isolated, experiment.detection_scores({"isolated": isolated}, poisoned.poison_index)
+    return opt, losses, isolated, experiment.detection_scores({"isolated": isolated}, poisoned.poison_index, "isolated")
 
 
 def test_lga_isolation_isolates_the_fast_learned_backdoor():

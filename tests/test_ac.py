@@ -65,7 +65,7 @@ def test_the_poisoned_quarter_of_a_class_is_flagged_and_clean_classes_are_not(re
     # 4 components: 12 of the 16 features are uniform noise, which whitening (ICA) would weigh like the trigger
     flagged, per_class = cluster_flags(acts, data.y, dims=4, reduce=reduce, analysis="relative_size",
                                        size_threshold=0.35, silhouette_threshold=0.1, seed=0)
-    scores = experiment.detection_scores({"flagged": flagged}, poison)
+    scores = experiment.detection_scores({"flagged": flagged}, poison, "flagged")
     assert scores["recall"] >= 90 and scores["precision"] >= 80, (scores, per_class)
     assert per_class["0"]["poisoned_clusters"] and sorted(per_class["0"]["sizes"]) == [14, 40]
     assert all(not per_class[str(c)]["poisoned_clusters"] for c in (1, 2, 3))
@@ -164,3 +164,13 @@ def test_defend_caches_ac_and_scores_its_flags(tmp_path):
     assert again.metrics == first.metrics and again.found["flagged"] == first.found["flagged"]
     for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_detection_scores_read_only_the_key_the_defense_declares():
+    poison = torch.tensor([1, 2, 3, 4])
+    assert experiment.detection_scores({"flagged": [0]}, poison, None) == {}      # e.g. NC's classes
+    assert experiment.detection_scores({"flagged": [1, 2, 9]}, poison, "flagged") == \
+        {"precision": pytest.approx(200 / 3), "recall": 50.0}
+    assert experiment.detection_scores({"flagged": []}, poison, "flagged") == {"precision": None, "recall": 0.0}
+    with pytest.raises(KeyError, match="isolated"):
+        experiment.detection_scores({"flagged": [1]}, poison, "isolated")

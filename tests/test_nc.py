@@ -165,6 +165,8 @@ def test_nc_through_the_pipeline_reports_what_it_found_and_caches(tmp_path, monk
     assert {"masks", "patterns", "l1", "anomaly_index", "flagged"} <= set(d.found)
     assert d.found["masks"].shape == (10, 1, 8, 8) and d.found["patterns"].shape == (10, 1, 8, 8)
     assert len(d.found["l1"]) == 10 and d.found["flagged"] and d.found["mitigated"]
+    # NC flags classes, not samples: no precision or recall of "flagged samples" is made up for it
+    assert "precision" not in d.metrics and "recall" not in d.metrics
     assert not list(run.run_dir.glob("nc-*/*state*"))          # the per-class files are cleaned up
     monkeypatch.setattr(NC, "run", lambda *a, **k: pytest.fail("the cached result was not reused"))
     again = experiment.defend(run, "nc", progress=False)

@@ -90,6 +90,7 @@ def lowest(losses: torch.Tensor, ratio: float) -> torch.Tensor:
 class ABL(Defense):
     name, title = "abl", "ABL"
     needs = ("poisoned",)
+    flags_samples = "isolated"
 
     @dataclass(frozen=True)
     class Options:

@@ -119,6 +119,7 @@ def cluster_flags(acts: torch.Tensor, y: torch.Tensor, *, dims: int, reduce: str
 class AC(Defense):
     name, title = "ac", "AC"
     needs = ("poisoned",)
+    flags_samples = "flagged"
 
     @dataclass(frozen=True)
     class Options:

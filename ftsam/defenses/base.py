@@ -115,6 +115,10 @@ class Defense:
     name: ClassVar[str]
     title: ClassVar[str]                          # as the paper's tables write it
     needs: ClassVar[tuple[str, ...]] = ("model", "clean")
+    # The key of ``found`` that holds the training samples the defense suspects (indices into the
+    # poisoned set), which the pipeline scores against the attack's poisons; None for a defense
+    # that flags no samples (NC's ``found["flagged"]`` names classes, not samples).
+    flags_samples: ClassVar[str | None] = None
 
     @dataclass(frozen=True)
     class Options:
