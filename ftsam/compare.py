@@ -17,7 +17,7 @@ from ftsam.config import ConfigError, load_config
 from ftsam.defenses import REGISTRY, defense_class
 from ftsam.experiment import AttackTable, attack_table
 from ftsam.io import save_json
-from ftsam.report import defense_table
+from ftsam.report import baseline_markdown, defense_table
 
 ATTACKS = ("badnets-a2o", "badnets-a2a", "blended", "sig", "lf", "ssba", "trojan", "wanet", "input_aware", "cla")
 
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.results_dir) / f"{Path(args.params).stem}.json"
     save_json(out, {"params": str(args.params), "clean_acc": table.clean_acc, "table": table.summary(),
                     "seconds": round(time.time() - t0, 1)})
+    print("\n" + baseline_markdown(table.summary(), list(args.defenses or REGISTRY)))
     print(f"\nwritten: {out} ({time.time() - t0:.0f} s)")
     return 0
 

@@ -370,7 +370,8 @@ class AttackTable:
     def summary(self) -> dict:
         """The table's metrics as plain data (what notebook 09 writes to its results JSON)."""
         return {label: {"backdoored": run.metrics, "clean_acc": self.clean_acc,
-                        **{name: r.metrics for name, r in self.results[label].items()}}
+                        **{name: r.metrics | {k: r.found[k] for k in defense_class(name).reported if k in r.found}
+                           for name, r in self.results[label].items()}}
                 for label, run in self.runs.items()}
 
 

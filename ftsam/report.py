@@ -77,3 +77,32 @@ def paper_vs_ours(table_no: int, ours: dict) -> str:
     title = (f"Table {t.number}: {t.dataset}, {t.model}, {t.poisoning_ratio:g}% poisoning, "
              f"{t.clean_ratio:g}% clean data (diff = ours - paper)")
     return title + "\n" + table(header, rows)
+
+
+def baseline_markdown(summary: dict, defenses: list[str] | None = None) -> str:
+    """The layout of the supplement's Tables 1-4: one row per attack (its backdoored ACC/ASR), one
+    column per defense with ACC / ASR / DER in %, from :meth:`ftsam.experiment.AttackTable.summary`
+    (what ``python -m ftsam.compare`` writes). A defense that flags training samples adds its
+    precision / recall in parentheses; one that reports flagged classes (NC) adds them in brackets.
+    Markdown, for the README and notes."""
+    from ftsam.defenses import defense_class
+    skip = {"backdoored", "clean_acc"}
+    defenses = defenses or list(dict.fromkeys(d for row in summary.values() for d in row if d not in skip))
+    titles = [defense_class(d).title for d in defenses]
+    lines = ["| attack (backdoored ACC/ASR) | " + " | ".join(titles) + " |", "|---" * (len(defenses) + 1) + "|"]
+    for attack, row in summary.items():
+        bd = row["backdoored"]
+        cells = [f"{attack} ({bd['acc']:.1f}/{bd['asr']:.1f})"]
+        for d in defenses:
+            m = row.get(d)
+            if m is None:
+                cells.append("–")
+                continue
+            cell = f"{m['acc']:.1f}/{m['asr']:.1f}/{m['der']:.1f}"
+            if "precision" in m:
+                cell += f" ({fmt(m['precision'])}/{fmt(m['recall'])})"
+            if "flagged" in m:
+                cell += f" [{','.join(map(str, m['flagged']))}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

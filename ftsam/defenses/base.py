@@ -119,6 +119,9 @@ class Defense:
     # poisoned set), which the pipeline scores against the attack's poisons; None for a defense
     # that flags no samples (NC's ``found["flagged"]`` names classes, not samples).
     flags_samples: ClassVar[str | None] = None
+    # Keys of ``found`` small enough to stand beside the metrics in a results table (NC: the
+    # flagged classes); AttackTable.summary copies them.
+    reported: ClassVar[tuple[str, ...]] = ()
 
     @dataclass(frozen=True)
     class Options:

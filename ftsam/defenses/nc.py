@@ -181,6 +181,7 @@ def unlearning_set(clean: ImageSet, triggers: list[tuple[torch.Tensor, torch.Ten
 class NC(Defense):
     name, title = "nc", "NC"
     needs = ("model", "clean")
+    reported = ("flagged",)        # the classes flagged as backdoor targets
 
     @dataclass(frozen=True)
     class Options:
