@@ -17,7 +17,7 @@ from torch import nn
 from ftsam.attacks import Attack, PoisonedTestSet, PoisonedTrainSet, build_attack
 from ftsam.config import Config, ConfigError, DefenseConfig, stable_hash
 from ftsam.data import SUBSET_SEED, CacheWarning, DatasetInfo, ImageSet, clean_subset, load_dataset, per_class_indices
-from ftsam.defenses import Context, Given, build_defense, defense_class
+from ftsam.defenses import Context, Given, NotApplicableError, build_defense, defense_class
 from ftsam.io import (DamagedFile, load_json, load_model, load_tensors, run_lock, save_json, save_model,
                       save_tensors)
 from ftsam.metrics import accuracy, der, evaluate
@@ -268,6 +268,14 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
     cfg = run.cfg.with_overrides(defense_overrides(defense, overrides))
     dcfg: DefenseConfig = cfg.defense
     impl = build_defense(defense, dcfg)
+    if "poisoned" in impl.needs and run.attack.on_the_fly:
+        # WaNet and Input-aware draw their poisons batch by batch while the victim trains: the
+        # training set the defender could be handed holds no poisoned image, so a defense that
+        # inspects it (AC, ABL) would only train a clean model. A fixed snapshot of poisoned
+        # images (as BackdoorBench saves) is not implemented.
+        raise NotApplicableError(f"defense {defense!r} reads the poisoned training set, but attack "
+                                 f"{run.cfg.attack.name!r} poisons inside the training loop, so that set holds no "
+                                 f"poisoned image; {defense!r} applies to the attacks that poison the data")
     out_dir = run.run_dir / f"{defense}-{stable_hash(impl.cache_inputs(cfg))}"
     # the defender's clean subset, drawn only for a defense that is given one (AC and ABL are not)
     idx = clean_subset(run.clean_train, dcfg.clean_ratio, cfg.seed, balanced=dcfg.clean_sampling == "balanced") \
@@ -354,6 +362,7 @@ class AttackTable:
     runs: dict                         # label -> AttackRun (its cfg: the attack with its attack_settings)
     results: dict                      # label -> {defense name: DefenseRun}
     clean_acc: float
+    skipped: dict = field(default_factory=dict)   # label -> {defense name: why it does not apply}
 
     def status(self, implant_asr: float = 85.0, implant_acc_gap: float = 3.0,
                removed_asr: float = 10.0, removed_acc_loss: float = 5.0) -> dict:
@@ -384,5 +393,12 @@ def attack_table(cfg: Config, attacks: list[str], cache_dir: str | Path = "runs"
     clean_model = train_clean(cfg, cache_dir=cache_dir, device=device)
     any_run = next(iter(runs.values()))
     clean_acc = accuracy(predict(clean_model, any_run.test.x, device=any_run.device), any_run.test.y)
-    results = {label: {d: defend(run, d) for d in defenses} for label, run in runs.items()}
-    return AttackTable(cfg, runs, results, clean_acc)
+    results, skipped = {}, {}
+    for label, run in runs.items():
+        results[label] = {}
+        for d in defenses:
+            try:
+                results[label][d] = defend(run, d)
+            except NotApplicableError as e:
+                skipped.setdefault(label, {})[d] = str(e)
+    return AttackTable(cfg, runs, results, clean_acc, skipped)

@@ -4,6 +4,7 @@ any optimizer's state and the global random state (dropout) in a resumable fit."
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +236,19 @@ def test_monitor_subset_is_fixed_and_balanced_and_final_metrics_use_the_whole_te
     # a one-epoch run is the first epoch of the two-epoch one)
     one = experiment.defend(run, "ft", {"train.epochs": 1}, progress=False)
     assert {k: r.history[1][k] for k in full} == evaluate(one.model, test, bd)
+
+
+@pytest.mark.parametrize("defense", ["ac", "abl"])
+def test_a_defense_that_reads_the_poisoned_set_refuses_an_attack_that_poisons_on_the_fly(defense):
+    from types import SimpleNamespace
+
+    from ftsam.attacks import attack_class
+    from ftsam.config import load_config
+    from ftsam.defenses import NotApplicableError
+    from ftsam.experiment import defend
+    for name in ("wanet", "input_aware"):
+        assert attack_class(name).on_the_fly
+        run = SimpleNamespace(cfg=load_config(Path(__file__).parents[1] / "params" / "offline.yaml", {"attack.name": name}),
+                              attack=attack_class(name))
+        with pytest.raises(NotApplicableError, match=f"{defense}.*{name}.*inside the training loop"):
+            defend(run, defense)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from ftsam.config import ConfigError, DefenseConfig
-from ftsam.defenses.base import Context, Defended, Defense, Given, ThreatModelError
+from ftsam.defenses.base import Context, Defended, Defense, Given, NotApplicableError, ThreatModelError
 from ftsam.registry import discover
 
 REGISTRY: dict[str, type[Defense]] = discover(sys.modules[__name__], Defense)
@@ -29,5 +29,5 @@ def describe() -> dict[str, dict]:
             for name, cls in REGISTRY.items()}
 
 
-__all__ = ["Context", "Defended", "Defense", "Given", "ThreatModelError", "REGISTRY", "build_defense",
+__all__ = ["Context", "Defended", "Defense", "Given", "NotApplicableError", "ThreatModelError", "REGISTRY", "build_defense",
            "defense_class", "describe"]

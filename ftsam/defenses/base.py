@@ -43,6 +43,11 @@ class ThreatModelError(PermissionError):
     """A defense asked for something its declared threat model does not give it."""
 
 
+class NotApplicableError(ValueError):
+    """The defense cannot be applied to this backdoored run as it stands (e.g. a defense that reads
+    the poisoned training set, against an attack that poisons inside the training loop)."""
+
+
 class Given:
     """What a defense is handed: only the items it declared in ``needs``."""
 
