@@ -99,3 +99,21 @@ def test_nad_through_the_pipeline_is_cached_and_reports_its_layers(tmp_path, mon
     monkeypatch.setattr(NADStep, "__call__", lambda *a, **k: pytest.fail("NAD ran again"))
     again = experiment.defend(run, "nad", progress=False)
     assert again.metrics == out.metrics and again.found == out.found
+
+
+@pytest.mark.parametrize("nad_lr, expected", [(0.0, 0.05), (0.007, 0.007)])
+def test_nad_lr_sets_both_phases_step_and_zero_keeps_the_shared_one(tmp_path, monkeypatch, nad_lr, expected):
+    import ftsam.defenses.nad as nad
+    seen = []
+    real_sgd_step, real_make_optimizer = nad.sgd_step, nad.make_optimizer
+    monkeypatch.setattr(nad, "sgd_step", lambda m, cfg, *a, **k: seen.append(("teacher", cfg.lr)) or real_sgd_step(m, cfg, *a, **k))
+    monkeypatch.setattr(nad, "make_optimizer", lambda m, cfg: seen.append(("student", cfg.lr)) or real_make_optimizer(m, cfg))
+    cfg = from_dict({"data": {"name": "digits", "train_per_class": 10, "test_per_class": 5},
+                     "model": {"width": 2}, "attack_train": {"epochs": 1, "batch_size": 32},
+                     "defense": {"clean_ratio": 0.5, "train": {"batch_size": 16, "lr": 0.05},
+                                 "nad": {"teacher_epochs": 1, "lr": nad_lr}}})
+    run = experiment.train_backdoor(cfg, cache_dir=tmp_path, device="cpu", progress=False)
+    experiment.defend(run, "nad", progress=False)
+    assert seen == [("teacher", expected), ("student", expected)]
+    with pytest.raises(ConfigError, match=r"defense\.nad\.lr"):
+        from_dict({"defense": {"nad": {"lr": -0.1}}})

@@ -25,6 +25,11 @@ convolutional stages); the option ``layers`` names modules (their outputs) expli
 
 The student trains for the teacher's epoch count unless ``student_epochs`` says otherwise (the
 published setting: both phases equally short). BackdoorBench trains its student for 100 epochs.
+
+Step size: both phases take the shared ``defense.train`` settings unless ``lr`` gives NAD its own
+rate. The original trains its student at 0.1 for two epochs and at 0.01 after that
+(``utils/util.py: adjust_learning_rate``), so mostly at 0.01; a params file whose shared rate was
+chosen for FT-SAM's larger step can set NAD's here.
 """
 from __future__ import annotations
 
@@ -135,6 +140,7 @@ class NAD(Defense):
         betas: tuple = (500.0, 1000.0, 1000.0)   # one weight per distilled layer (BackdoorBench's)
         p: float = 2.0                      # attention map: sum over channels of |f|^p
         layers: tuple = ()                  # module names (outputs); empty: see default_points
+        lr: float = 0.0                     # teacher's and student's step; 0: defense.train.lr
 
     @classmethod
     def check_options(cls, opts):
@@ -149,6 +155,8 @@ class NAD(Defense):
             raise ConfigError(f"defense.nad.p must be > 0, got {opts.p!r}")
         if not isinstance(opts.layers, (list, tuple)) or not all(isinstance(n, str) for n in opts.layers):
             raise ConfigError(f"defense.nad.layers must be a list of module names, got {opts.layers!r}")
+        if not opts.lr >= 0.0:
+            raise ConfigError(f"defense.nad.lr must be >= 0 (0: defense.train.lr), got {opts.lr!r}")
         if opts.layers and len(opts.layers) != len(opts.betas):
             raise ConfigError(f"defense.nad.layers names {len(opts.layers)} modules but defense.nad.betas "
                               f"has {len(opts.betas)} weights")
@@ -161,8 +169,9 @@ class NAD(Defense):
 
     def run(self, given, ctx):
         model, clean, o = given.model, given.clean, self.opts
-        teacher_cfg = dataclasses.replace(self.cfg.train, epochs=o.teacher_epochs)
-        student_cfg = dataclasses.replace(self.cfg.train, epochs=o.student_epochs or o.teacher_epochs)
+        train = dataclasses.replace(self.cfg.train, lr=o.lr or self.cfg.train.lr)
+        teacher_cfg = dataclasses.replace(train, epochs=o.teacher_epochs)
+        student_cfg = dataclasses.replace(train, epochs=o.student_epochs or o.teacher_epochs)
         teacher = copy.deepcopy(model)
         ctx.fit(teacher, clean, teacher_cfg, sgd_step(teacher, teacher_cfg), desc="NAD teacher",
                 state="teacher_state", monitor=False)
