@@ -48,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(defense_table(table.runs, table.results))
     out = Path(args.results_dir) / f"{Path(args.params).stem}.json"
-    save_json(out, {"params": str(args.params), "clean_acc": table.clean_acc, "table": table.summary(),
+    summary = table.summary()
+    save_json(out, {"params": str(args.params), "clean_acc": table.clean_acc, "table": summary,
                     "not_applicable": table.skipped,
                     "seconds": round(time.time() - t0, 1)})
     for label, why in table.skipped.items():
         for d, reason in why.items():
             print(f"not applicable: {label} / {d}: {reason}")
-    print("\n" + baseline_markdown(table.summary(), list(args.defenses or REGISTRY)))
+    print("\n" + baseline_markdown(summary, list(args.defenses or REGISTRY)))
     print(f"\nwritten: {out} ({time.time() - t0:.0f} s)")
     return 0
 

@@ -325,7 +325,6 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
                 if out.history and "asr" in out.history[-1]:
                     out.history[-1].update(final)
             final["der"] = der(run.metrics["acc"], run.metrics["asr"], final["acc"], final["asr"])
-            final |= detection_scores(found, run.poisoned.poison_index, impl.flags_samples)
             history = [{"epoch": 0, **run.metrics}] + out.history
             tensors = {k: v for k, v in found.items() if isinstance(v, torch.Tensor)}
             result = {"defense": defense, "config": cfg.to_dict()["defense"], "metrics": final, "history": history,
@@ -337,8 +336,9 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
             for state in out_dir.glob("*state*.safetensors"):
                 state.unlink(missing_ok=True)
     model.eval()
-    # scored here on every return, the cached too: results cached before ``flags_samples`` existed
-    # carried a bogus precision and recall for NC (its flagged classes read as sample indices)
+    # The scores of flagged samples derive from ``found``, so they are computed here, not stored;
+    # result files written before ``flags_samples`` existed stored them (a bogus pair for NC, whose
+    # flagged classes were read as sample indices), hence those keys are dropped first.
     metrics = {k: v for k, v in result["metrics"].items() if k not in ("precision", "recall")} \
         | detection_scores(found, run.poisoned.poison_index, impl.flags_samples)
     return DefenseRun(defense, impl.title, metrics, result["history"], result["clean_index"], model, found)

@@ -1,7 +1,5 @@
 """The comparison table of every defense against every attack (``python -m ftsam.compare``): its
 markdown layout and its errors (the runs themselves are the pipeline's, tested elsewhere)."""
-import pytest
-
 from ftsam import compare
 from ftsam.report import baseline_markdown
 
