@@ -5,6 +5,10 @@ optional overrides) says; one JSON line per variant, then the summary.
     python -m benchmarks.robustness_suite --params params/offline.yaml --seed 1 --n 20 \\
         --out robustness.jsonl [--defense-overrides '{"train.lr": 0.05}'] [--published]
 
+Several defender's settings on the same backdoored models: give ``--defense-overrides`` and
+``--out`` once per setting (paired in order); each variant is trained once and each setting's
+rows go to its own file.
+
 Runs are cached under ``--cache`` (default ``runs``) like every notebook run."""
 from __future__ import annotations
 
@@ -13,7 +17,19 @@ import json
 import time
 
 
-def main() -> None:
+def split(row: dict, j: int) -> dict:
+    """The row of defender's setting ``j`` from a suite row whose defense labels carry ``#j``
+    ("FT-SAM#1 asr"): the variant's columns, and setting j's columns without the suffix."""
+    out = {k: v for k, v in row.items() if "#" not in k}
+    for k, v in row.items():
+        label, _, rest = k.partition("#")
+        num, _, column = rest.partition(" ")
+        if num == str(j):
+            out[f"{label} {column}"] = v
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params/offline.yaml")
     ap.add_argument("--seed", type=int, default=0, help="seed of the variant family")
@@ -21,38 +37,57 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated indices of the family to run")
     ap.add_argument("--published", action="store_true", help="also the ten published attacks")
     ap.add_argument("--overrides", default="{}", help="config overrides (JSON), e.g. a model seed")
-    ap.add_argument("--defense-overrides", default="{}", help="defense overrides for FT and FT-SAM (JSON)")
+    ap.add_argument("--defense-overrides", action="append",
+                    help="defense overrides for FT and FT-SAM (JSON); once per --out")
     ap.add_argument("--cache", default="runs")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--out", required=True, action="append", help="rows file (JSON lines, appended)")
+    args = ap.parse_args(argv)
+    settings = [json.loads(s) for s in (args.defense_overrides or ["{}"])]
+    if len(settings) != len(args.out):
+        ap.error(f"--defense-overrides given {len(settings)} times but --out {len(args.out)} times; "
+                 "pair them (one file per defender's setting)")
 
     import torch
     torch.set_num_threads(args.threads)
     from ftsam.config import load_config
     from ftsam.data import load_dataset
     from ftsam.robustness import PUBLISHED, run_suite, summarize, variant_family
+    from ftsam.train import resolve_device
 
     cfg = load_config(args.params, json.loads(args.overrides))
+    device = str(resolve_device(args.device))
     _, _, info = load_dataset(cfg.data)
     variants = variant_family(info, seed=args.seed, n=args.n, published=PUBLISHED if args.published else (),
                               attack_settings=cfg.attack_settings)
     if args.only:
         variants = [variants[int(i)] for i in args.only.split(",")]
-    dov = json.loads(args.defense_overrides)
-    defenses = {"FT": ("ft", dov), "FT-SAM": ("ft_sam", dov)}
+    names = ("FT", "ft"), ("FT-SAM", "ft_sam")
+    defenses = {f"{label}#{j}": (name, dov) for j, dov in enumerate(settings) for label, name in names}
+    files = [open(path, "a") for path in args.out]
     t0 = time.perf_counter()
-    with open(args.out, "a") as f:
-        def log(row):
-            f.write(json.dumps({"params": args.params, "overrides": args.overrides,
-                                "defense_overrides": dov, **row}) + "\n")
+
+    def log(row):
+        for j, (f, dov) in enumerate(zip(files, settings)):
+            r = split(row, j)
+            f.write(json.dumps({"params": args.params, "overrides": args.overrides, "defense_overrides": dov,
+                                "device": device, **r}) + "\n")
             f.flush()
-            print(f"{row['label']:55s} bd {row['bd_acc']:5.1f}/{row['bd_asr']:5.1f}  "
-                  + "  ".join(f"{d} {row[d + ' acc']:5.1f}/{row[d + ' asr']:5.1f}" for d in defenses), flush=True)
-        rows = run_suite(cfg, variants, defenses, cache_dir=args.cache, device="cpu", log=log)
-    for d in defenses:
-        print(json.dumps(summarize(rows, d)))
-    print(f"suite time: {time.perf_counter() - t0:.0f} s for {len(rows)} variants")
+            print(f"{r['label']:55s} bd {r['bd_acc']:5.1f}/{r['bd_asr']:5.1f}  "
+                  + "  ".join(f"{d} {r[d + ' acc']:5.1f}/{r[d + ' asr']:5.1f}" for d, _ in names)
+                  + (f"  [{args.out[j]}]" if len(files) > 1 else ""), flush=True)
+
+    try:
+        rows = run_suite(cfg, variants, defenses, cache_dir=args.cache, device=device, log=log)
+    finally:
+        for f in files:
+            f.close()
+    for j, path in enumerate(args.out):
+        print(path)
+        for d, _ in names:
+            print(json.dumps(summarize([split(r, j) for r in rows], d)))
+    print(f"suite time: {time.perf_counter() - t0:.0f} s for {len(rows)} variants on {device}")
 
 
 if __name__ == "__main__":

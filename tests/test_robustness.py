@@ -84,3 +84,36 @@ def test_recorded_rows_load_with_the_last_row_of_a_variant_winning_and_bad_lines
     path.write_text(json.dumps(row) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"suite.jsonl, line 2"):
         load_rows(path)
+
+
+def test_suite_command_pairs_each_defender_setting_with_its_file(tmp_path, monkeypatch):
+    """Two settings on one command: each variant is trained once, and each setting's FT/FT-SAM
+    columns land unsuffixed in its own file; a count mismatch is refused, naming both options."""
+    import benchmarks.robustness_suite as cli
+    import ftsam.robustness as rob
+    seen = {}
+
+    def fake_run_suite(cfg, variants, defenses, cache_dir, device, log):
+        seen["defenses"] = defenses
+        rows = []
+        for v in variants:
+            row = {"label": v.label, "bd_acc": 99.0, "bd_asr": 100.0, "implanted": True}
+            for label, (_, dov) in defenses.items():
+                row[f"{label} acc"], row[f"{label} asr"] = 98.0 - dov.get("x", 0), 1.0 + dov.get("x", 0)
+                row[f"{label} acc_loss"] = 1.0 + dov.get("x", 0)
+            log(row)
+            rows.append(row)
+        return rows
+
+    monkeypatch.setattr(rob, "run_suite", fake_run_suite)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    cli.main(["--params", "params/offline.yaml", "--seed", "1", "--only", "0,3",
+              "--defense-overrides", '{"x": 0}', "--out", str(a), "--defense-overrides", '{"x": 5}', "--out", str(b)])
+    assert set(seen["defenses"]) == {"FT#0", "FT-SAM#0", "FT#1", "FT-SAM#1"}
+    ra, rb = rob.load_rows(a), rob.load_rows(b)
+    assert [r["label"][:3] for r in ra] == ["v00", "v03"] == [r["label"][:3] for r in rb]
+    assert all(r["FT-SAM asr"] == 1.0 and r["defense_overrides"] == {"x": 0} for r in ra)
+    assert all(r["FT-SAM asr"] == 6.0 and r["defense_overrides"] == {"x": 5} for r in rb)
+    assert not any("#" in k for r in ra + rb for k in r)
+    with pytest.raises(SystemExit):
+        cli.main(["--defense-overrides", "{}", "--defense-overrides", "{}", "--out", str(a)])
