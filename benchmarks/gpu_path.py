@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -93,7 +94,61 @@ def run(quick: bool = False) -> Section:
             "float32 fine-tuning moved them (bf16 rounding in every forward).",
             f"- Time on this CPU (second run of each): {t16:.2f} s (bf16, channels_last) vs {t32:.2f} s (float32); "
             "not an estimate of GPU time.", "")
+    recorded_gpu_runs(sec)
     return sec
+
+
+GPU_RECORDS = Path(__file__).parent / "gpu"
+
+
+def recorded_gpu_runs(sec: Section, folder: Path = GPU_RECORDS) -> None:
+    """What a lent GPU measured, from the rows its session recorded in ``benchmarks/gpu/*.jsonl``
+    (robustness-suite rows plus the GPU's name and torch; the scripts that wrote them lie beside
+    them). This machine cannot remeasure them, so they are shown as recorded, with their date."""
+    import json
+    rows = [json.loads(line) for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines() if line]
+    if not rows:
+        return
+    sec.add("### Recorded on a lent GPU", "",
+            "Rows of `python -m benchmarks.robustness_suite --device cuda`, as recorded in `benchmarks/gpu/` with the scripts that "
+            "ran them. `attack` is the backdoored model's whole run (poisoning, training, evaluation), FT and "
+            "FT-SAM the defenses' (training and evaluation; about 0 where a run came from the cache). Fashion-MNIST "
+            "runs are at full size (60,000 training images; 3,000 clean for the defense).", "")
+    alone = [r for r in rows if r["measurement"] == "alone"]
+    if alone:
+        sec.add(f"One process alone on the GPU ({alone[0]['gpu']}, torch {alone[0]['gpu_torch']}, "
+                f"{alone[0]['date']}), variant v01 of seed 1:", "")
+        sec.table(["run", "config overrides", "attack s", "FT s", "FT-SAM s"],
+                  [[r["run"], f"`{r['overrides']}`", f"{r['attack_s']:.1f}", f"{r['FT s']:.1f}", f"{r['FT-SAM s']:.1f}"]
+                   for r in alone])
+        by = {r["run"]: r for r in alone}
+        for m in ("preact64", "preact32"):
+            if f"{m}_e1" in by and f"{m}_e3" in by:
+                a, b = by[f"{m}_e1"], by[f"{m}_e3"]
+                sec.add(f"- {m}: one epoch of attack training {(b['attack_s'] - a['attack_s']) / 2:.1f} s "
+                        f"(60,000 images), of FT {(b['FT s'] - a['FT s']) / 2:.2f} s and of FT-SAM "
+                        f"{(b['FT-SAM s'] - a['FT-SAM s']) / 2:.2f} s (3,000 images), from 3 epochs minus 1.")
+        if "preact64_e1" in by and "preact64_e3" in by:
+            a, b = by["preact64_e1"], by["preact64_e3"]
+            ep = [(b[k] - a[k]) / 2 for k in ("attack_s", "FT s", "FT-SAM s")]
+            fixed = a["attack_s"] - ep[0]
+            variant = fixed + 15 * ep[0] + 20 * (ep[1] + ep[2]) + (a["FT s"] - ep[1]) + (a["FT-SAM s"] - ep[2])
+            sec.add(f"- So one variant of the suite at `params/fashion_mnist.yaml`'s epochs (15 attack, 20 defense) with "
+                    f"width 64 takes about {variant:.0f} s alone, and the 20-variant family about "
+                    f"{20 * variant / 60:.0f} min of GPU time for one defender's setting.",
+                    "- Width 32 measured no faster than width 64 (one run each): at these image and batch sizes the "
+                    "arithmetic is not what bounds an epoch.")
+        sec.add("")
+    shared = [r for r in rows if r["measurement"] != "alone"]
+    if shared:
+        sec.add(f"Nine suite processes sharing the GPU ({shared[0]['date']}; four Fashion-MNIST PreAct-ResNet18 width "
+                "64, one VGG19-BN width 64, one small CNN on Fashion-MNIST, two VGG19-BN on digits, for 470 s): utilization read "
+                "100% most of the time, and only these rows finished (the PreAct and VGG19-BN Fashion-MNIST "
+                "processes finished none). Time-slicing one GPU between processes does not add throughput here.", "")
+        sec.table(["run", "variant", "attack s", "FT s", "FT-SAM s"],
+                  [[r["run"], r["label"], f"{r['attack_s']:.0f}", f"{r['FT s']:.0f}", f"{r['FT-SAM s']:.0f}"]
+                   for r in shared])
+        sec.add("")
 
 
 @contextmanager
