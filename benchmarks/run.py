@@ -4,6 +4,7 @@
     python -m benchmarks.run --threads 1      # pin another thread count (recorded in the report)
     python -m benchmarks.run --quick --out /tmp/b.md   # fewer repetitions: a smoke run
     python -m benchmarks.run --only 1 3       # some sections only
+    python -m benchmarks.run --only 5 --splice   # rerun section 5 and replace it in BENCHMARKS.md
 
 Every timing is a median over repetitions, alternating between the things compared, after a
 warm-up, with torch's intra-op threads pinned for the whole run. Background load still
@@ -35,7 +36,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for the record)")
     ap.add_argument("--only", type=int, nargs="*", choices=sorted(SECTIONS), default=None)
     ap.add_argument("--out", default="BENCHMARKS.md")
+    ap.add_argument("--splice", action="store_true",
+                    help="with --only: replace those sections (and their summary rows) in the existing --out, "
+                         "keeping the rest of the report")
     args = ap.parse_args(argv)
+    if args.splice and not args.only:
+        ap.error("--splice needs --only (the sections to replace)")
 
     import importlib
 
@@ -67,6 +73,8 @@ def main(argv=None) -> int:
         print(f"    {sec.seconds:.0f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - t0
     text = render(info, threads, load_before, load_average(), total, sections, args)
+    if args.splice:
+        text = splice(Path(args.out).read_text(), text, sections, info["date"])
     Path(args.out).write_text(text)
     print(f"wrote {args.out} ({total:.0f} s)", file=sys.stderr)
     misses = [c for s in sections for c in s.checks if not c.passed]
@@ -117,6 +125,27 @@ def render(info, threads, load_before, load_after, total, sections, args) -> str
         if out[-1] != "":
             out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def splice(old: str, new: str, sections, date: str) -> str:
+    """``old`` (a whole report) with each of ``sections`` replaced by its rendering in ``new`` (a
+    report of those sections alone), and their summary rows likewise; each replaced section says
+    when it was rerun, since the report's machine table describes the whole run."""
+    def block(text: str, title: str) -> tuple[int, int]:
+        start = text.find(f"\n## {title}\n")
+        if start < 0:
+            raise SystemExit(f"--splice: section {title!r} not found in the existing report")
+        end = text.find("\n## ", start + 1)
+        return start + 1, (len(text) if end < 0 else end + 1)
+    for s in sections:
+        a, b = block(new, s.title)
+        body = new[a:b].replace("\n\n_", f"\n\n_rerun alone ({date}); ", 1)
+        a, b = block(old, s.title)
+        old = old[:a] + body + old[b:]
+        for c in s.checks:
+            rows = [line for line in new.splitlines() if line.startswith(f"| {c.name} |")]
+            old = "\n".join(rows[0] if line.startswith(f"| {c.name} |") else line for line in old.splitlines()) + "\n"
+    return old
 
 
 if __name__ == "__main__":
