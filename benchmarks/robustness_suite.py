@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", default="runs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--skip-not-implanted", action="store_true",
+                    help="do not defend variants that did not implant (they are out of the score)")
     ap.add_argument("--out", required=True, action="append", help="rows file (JSON lines, appended)")
     args = ap.parse_args(argv)
     settings = [json.loads(s) for s in (args.defense_overrides or ["{}"])]
@@ -75,11 +77,13 @@ def main(argv: list[str] | None = None) -> None:
                                 "device": device, **r}) + "\n")
             f.flush()
             print(f"{r['label']:55s} bd {r['bd_acc']:5.1f}/{r['bd_asr']:5.1f}  "
-                  + "  ".join(f"{d} {r[d + ' acc']:5.1f}/{r[d + ' asr']:5.1f}" for d, _ in names)
+                  + ("  ".join(f"{d} {r[d + ' acc']:5.1f}/{r[d + ' asr']:5.1f}" for d, _ in names)
+                     if r["implanted"] or r["FT acc"] is not None else "did not implant: not defended")
                   + (f"  [{args.out[j]}]" if len(files) > 1 else ""), flush=True)
 
     try:
-        rows = run_suite(cfg, variants, defenses, cache_dir=args.cache, device=device, log=log)
+        rows = run_suite(cfg, variants, defenses, cache_dir=args.cache, device=device, log=log,
+                         defend_all=not args.skip_not_implanted)
     finally:
         for f in files:
             f.close()

@@ -86,11 +86,14 @@ def variant_family(info: DatasetInfo, seed: int = 0, n: int = 20, badnets_share:
 
 def run_suite(cfg: Config, variants: list[Variant], defenses: dict[str, tuple[str, dict]] | None = None,
               cache_dir="runs", device: str = "auto", implant_asr: float = 80.0,
-              progress: bool | None = False, log=None) -> list[dict]:
+              progress: bool | None = False, log=None, defend_all: bool = True) -> list[dict]:
     """Train each variant on ``cfg`` (cached like every backdoored model), apply each defense
     ``label -> (defense name, defense overrides)`` (default: FT and FT-SAM as the params file
     says), and return one row per variant: the backdoored ACC/ASR, ``implanted`` (ASR >=
-    ``implant_asr``), and per defense label its ACC, ASR, ACC loss and seconds."""
+    ``implant_asr``), and per defense label its ACC, ASR, ACC loss and seconds.
+
+    With ``defend_all=False`` a variant that did not implant is not defended (it is left out of
+    the score anyway): its defense columns are None."""
     from ftsam.experiment import defend, train_backdoor
     defenses = defenses or {"FT": ("ft", {}), "FT-SAM": ("ft_sam", {})}
     rows = []
@@ -102,6 +105,10 @@ def run_suite(cfg: Config, variants: list[Variant], defenses: dict[str, tuple[st
                "poison_ratio": run.cfg.attack.poison_ratio, "bd_acc": bd["acc"], "bd_asr": bd["asr"],
                "implanted": bd["asr"] >= implant_asr, "attack_s": time.perf_counter() - t0}
         for label, (name, overrides) in defenses.items():
+            if not (defend_all or row["implanted"]):
+                for col in ("acc", "asr", "acc_loss", "s"):
+                    row[f"{label} {col}"] = None
+                continue
             t0 = time.perf_counter()
             r = defend(run, name, overrides, progress=progress)
             row[f"{label} acc"], row[f"{label} asr"] = r.metrics["acc"], r.metrics["asr"]
@@ -149,11 +156,13 @@ def load_rows(path) -> list[dict]:
 
 
 def rows_table(rows: list[dict], defenses: list[str]) -> str:
-    """One line per variant: backdoored ACC/ASR, then each defense's ACC/ASR (x: did not implant)."""
+    """One line per variant: backdoored ACC/ASR, then each defense's ACC/ASR (x: did not implant;
+    -: not defended)."""
     from ftsam.report import table
     return table(["variant", "backdoored"] + defenses,
                  [[r["label"] + ("" if r["implanted"] else " (x)"), f"{r['bd_acc']:.1f}/{r['bd_asr']:.1f}"]
-                  + [f"{r[f'{d} acc']:.1f}/{r[f'{d} asr']:.1f}" for d in defenses] for r in rows])
+                  + ["-" if r[f"{d} acc"] is None else f"{r[f'{d} acc']:.1f}/{r[f'{d} asr']:.1f}" for d in defenses]
+                  for r in rows])
 
 
 def summary_table(summaries: dict[str, dict]) -> str:

@@ -93,7 +93,7 @@ def test_suite_command_pairs_each_defender_setting_with_its_file(tmp_path, monke
     import ftsam.robustness as rob
     seen = {}
 
-    def fake_run_suite(cfg, variants, defenses, cache_dir, device, log):
+    def fake_run_suite(cfg, variants, defenses, cache_dir, device, log, defend_all):
         seen["defenses"] = defenses
         rows = []
         for v in variants:
@@ -117,3 +117,33 @@ def test_suite_command_pairs_each_defender_setting_with_its_file(tmp_path, monke
     assert not any("#" in k for r in ra + rb for k in r)
     with pytest.raises(SystemExit):
         cli.main(["--defense-overrides", "{}", "--defense-overrides", "{}", "--out", str(a)])
+
+
+def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
+    """defend_all=False: a variant under the implant threshold gets no defense run (its columns are
+    None, shown as '-'), an implanted one is defended; the score is unchanged."""
+    import types
+    import ftsam.experiment as exp
+    from ftsam.robustness import Variant, rows_table, run_suite
+    asr = {"a": 95.0, "b": 40.0}
+    calls = []
+    monkeypatch.setattr(exp, "train_backdoor", lambda cfg, **kw: types.SimpleNamespace(
+        cfg=cfg, metrics={"acc": 99.0, "asr": asr[cfg.attack.name[-1]]}))
+
+    def fake_defend(run, name, overrides, progress=False):
+        calls.append(name)
+        return types.SimpleNamespace(metrics={"acc": 97.0, "asr": 2.0})
+    monkeypatch.setattr(exp, "defend", fake_defend)
+
+    class Cfg:
+        def with_overrides(self, ov):
+            return types.SimpleNamespace(attack=types.SimpleNamespace(name=ov["attack.name"], target=0,
+                                                                      poison_ratio=0.1))
+    vs = [Variant("va", {"attack.name": "xa"}), Variant("vb", {"attack.name": "xb"})]
+    rows = run_suite(Cfg(), vs, defend_all=False)
+    assert calls == ["ft", "ft_sam"]                      # only the implanted variant was defended
+    assert rows[1]["FT-SAM asr"] is None and rows[1]["FT acc_loss"] is None
+    assert rows[0]["FT-SAM asr"] == 2.0 and rows[0]["FT-SAM acc_loss"] == 2.0
+    assert summarize(rows, "FT-SAM")["implanted"] == 1
+    table = rows_table(rows, ["FT", "FT-SAM"])
+    assert table.splitlines()[-1].split() == ["vb", "(x)", "99.0/40.0", "-", "-"]
