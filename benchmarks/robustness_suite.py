@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             f.flush()
             print(f"{r['label']:55s} bd {r['bd_acc']:5.1f}/{r['bd_asr']:5.1f}  "
                   + ("  ".join(f"{d} {r[d + ' acc']:5.1f}/{r[d + ' asr']:5.1f}" for d, _ in names)
-                     if r["implanted"] or r["FT acc"] is not None else "did not implant: not defended")
+                     if r["FT acc"] is not None else "did not implant: not defended")
                   + (f"  [{args.out[j]}]" if len(files) > 1 else ""), flush=True)
 
     try:
