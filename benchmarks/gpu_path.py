@@ -104,51 +104,59 @@ GPU_RECORDS = Path(__file__).parent / "gpu"
 def recorded_gpu_runs(sec: Section, folder: Path = GPU_RECORDS) -> None:
     """What a lent GPU measured, from the rows its session recorded in ``benchmarks/gpu/*.jsonl``
     (robustness-suite rows plus the GPU's name and torch; the scripts that wrote them lie beside
-    them). This machine cannot remeasure them, so they are shown as recorded, with their date."""
+    them, and ``<name>.md`` says what the session saw). This machine cannot remeasure them, so
+    they are shown as recorded, with their date."""
     import json
-    rows = [json.loads(line) for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines() if line]
-    if not rows:
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
         return
     sec.add("### Recorded on a lent GPU", "",
-            "Rows of `python -m benchmarks.robustness_suite --device cuda`, as recorded in `benchmarks/gpu/` with the scripts that "
-            "ran them. `attack` is the backdoored model's whole run (poisoning, training, evaluation), FT and "
-            "FT-SAM the defenses' (training and evaluation; about 0 where a run came from the cache). Fashion-MNIST "
-            "runs are at full size (60,000 training images; 3,000 clean for the defense).", "")
-    alone = [r for r in rows if r["measurement"] == "alone"]
-    if alone:
-        sec.add(f"One process alone on the GPU ({alone[0]['gpu']}, torch {alone[0]['gpu_torch']}, "
-                f"{alone[0]['date']}), variant v01 of seed 1:", "")
-        sec.table(["run", "config overrides", "attack s", "FT s", "FT-SAM s"],
-                  [[r["run"], f"`{r['overrides']}`", f"{r['attack_s']:.1f}", f"{r['FT s']:.1f}", f"{r['FT-SAM s']:.1f}"]
-                   for r in alone])
-        by = {r["run"]: r for r in alone}
-        for m in ("preact64", "preact32"):
-            if f"{m}_e1" in by and f"{m}_e3" in by:
-                a, b = by[f"{m}_e1"], by[f"{m}_e3"]
-                sec.add(f"- {m}: one epoch of attack training {(b['attack_s'] - a['attack_s']) / 2:.1f} s "
-                        f"(60,000 images), of FT {(b['FT s'] - a['FT s']) / 2:.2f} s and of FT-SAM "
-                        f"{(b['FT-SAM s'] - a['FT-SAM s']) / 2:.2f} s (3,000 images), from 3 epochs minus 1.")
-        if "preact64_e1" in by and "preact64_e3" in by:
-            a, b = by["preact64_e1"], by["preact64_e3"]
-            ep = [(b[k] - a[k]) / 2 for k in ("attack_s", "FT s", "FT-SAM s")]
-            fixed = a["attack_s"] - ep[0]
-            variant = fixed + 15 * ep[0] + 20 * (ep[1] + ep[2]) + (a["FT s"] - ep[1]) + (a["FT-SAM s"] - ep[2])
-            sec.add(f"- So one variant of the suite at `params/fashion_mnist.yaml`'s epochs (15 attack, 20 defense) with "
-                    f"width 64 takes about {variant:.0f} s alone, and the 20-variant family about "
-                    f"{20 * variant / 60:.0f} min of GPU time for one defender's setting.",
-                    "- Width 32 measured no faster than width 64 (one run each): at these image and batch sizes the "
-                    "arithmetic is not what bounds an epoch.")
-        sec.add("")
-    shared = [r for r in rows if r["measurement"] != "alone"]
-    if shared:
-        sec.add(f"Nine suite processes sharing the GPU ({shared[0]['date']}; four Fashion-MNIST PreAct-ResNet18 width "
-                "64, one VGG19-BN width 64, one small CNN on Fashion-MNIST, two VGG19-BN on digits, for 470 s): utilization read "
-                "100% most of the time, and only these rows finished (the PreAct and VGG19-BN Fashion-MNIST "
-                "processes finished none). Time-slicing one GPU between processes does not add throughput here.", "")
-        sec.table(["run", "variant", "attack s", "FT s", "FT-SAM s"],
-                  [[r["run"], r["label"], f"{r['attack_s']:.0f}", f"{r['FT s']:.0f}", f"{r['FT-SAM s']:.0f}"]
-                   for r in shared])
-        sec.add("")
+            "Rows of `python -m benchmarks.robustness_suite --device cuda`, as recorded in `benchmarks/gpu/` with the "
+            "scripts that ran them. `attack` is the backdoored model's whole run (poisoning, training, evaluation), "
+            "FT and FT-SAM the defenses' (training and evaluation; about 0 where a run came from the cache).", "")
+    for f in files:
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line]
+        note = f.with_suffix(".md")
+        if note.exists():
+            sec.add(note.read_text().strip(), "")
+        alone = [r for r in rows if r["measurement"] == "alone"]
+        if alone:
+            sec.add(f"One process alone on the GPU ({alone[0]['gpu']}, torch {alone[0]['gpu_torch']}, "
+                    f"{alone[0]['date']}):", "")
+            sec.table(["run", "variant", "config overrides", "attack s", "FT s", "FT-SAM s"],
+                      [[r["run"], r.get("label", ""), f"`{r['overrides']}`", f"{r['attack_s']:.1f}", f"{r['FT s']:.1f}",
+                        f"{r['FT-SAM s']:.1f}"] for r in alone])
+            sec.add(*_epoch_times({r["run"]: r for r in alone}), "")
+        shared = [r for r in rows if r["measurement"] != "alone"]
+        if shared:
+            sec.add(f"Processes sharing the GPU ({shared[0]['measurement']}, {shared[0]['date']}), the rows that finished:", "")
+            sec.table(["run", "variant", "attack s", "FT s", "FT-SAM s"],
+                      [[r["run"], r["label"], f"{r['attack_s']:.0f}", f"{r['FT s']:.0f}", f"{r['FT-SAM s']:.0f}"]
+                       for r in shared])
+            sec.add("")
+
+
+def _epoch_times(by_run: dict[str, dict]) -> list[str]:
+    """For each pair of runs ``<name>_e1`` / ``<name>_e3`` (1 and 3 epochs of attack training and of
+    each defense): the time of one epoch of each, and, where the rows name their params file, one
+    suite variant at that file's epochs."""
+    from ftsam.config import load_config
+    lines = []
+    for name in sorted({k[:-3] for k in by_run if k.endswith(("_e1", "_e3"))}):
+        a, b = by_run.get(f"{name}_e1"), by_run.get(f"{name}_e3")
+        if a is None or b is None:
+            continue
+        attack, ft, sam = ((b[k] - a[k]) / 2 for k in ("attack_s", "FT s", "FT-SAM s"))
+        line = (f"- {name}: one epoch of attack training {attack:.1f} s, of FT {ft:.2f} s and of FT-SAM {sam:.2f} s "
+                "(from 3 epochs minus 1)")
+        if "params" in a:
+            cfg = load_config(a["params"])
+            ea, ed = cfg.attack_train.epochs, cfg.defense.train.epochs
+            variant = a["attack_s"] + a["FT s"] + a["FT-SAM s"] + (ea - 1) * attack + (ed - 1) * (ft + sam)
+            line += (f"; so one suite variant at `{a['params']}`'s epochs ({ea} attack, {ed} defense) takes about "
+                     f"{variant:.0f} s alone, and a 20-variant family about {20 * variant / 60:.0f} min per defender's setting")
+        lines.append(line + ".")
+    return lines
 
 
 @contextmanager
