@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,8 @@ from ftsam.attacks import build_attack
 from ftsam.config import Config
 from ftsam.data import DatasetInfo
 from ftsam.robustness import PUBLISHED, summarize, variant_family
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def info(size=16, classes=10):
@@ -147,3 +150,17 @@ def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
     assert summarize(rows, "FT-SAM")["implanted"] == 1
     table = rows_table(rows, ["FT", "FT-SAM"])
     assert table.splitlines()[-1].split() == ["vb", "(x)", "99.0/40.0", "-", "-"]
+
+
+def test_robust_params_file_is_the_recorded_rows_setting():
+    """params/robust/fashion_mnist_small_preactresnet18.yaml claims to be the config its recorded
+    rows ran as (the base params file plus the rows' defense overrides), so a suite run on it
+    reuses every cached model; a drift in either file would silently make that claim false."""
+    from ftsam.config import load_config
+    rows = REPO / "benchmarks" / "robustness" / "fashion_mnist_small_lr003_cos90.jsonl"
+    first = json.loads(rows.read_text().splitlines()[0])
+    base = load_config(REPO / first["params"],
+                       {f"defense.{k}": v for k, v in first["defense_overrides"].items()})
+    robust = load_config(REPO / "params" / "robust" / "fashion_mnist_small_preactresnet18.yaml")
+    assert robust == base
+    assert robust != load_config(REPO / first["params"])
