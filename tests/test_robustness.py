@@ -157,10 +157,10 @@ def test_robust_params_file_is_the_recorded_rows_setting():
     rows ran as (the base params file plus the rows' defense overrides), so a suite run on it
     reuses every cached model; a drift in either file would silently make that claim false."""
     from ftsam.config import load_config
+    from ftsam.experiment import defense_overrides
     rows = REPO / "benchmarks" / "robustness" / "fashion_mnist_small_lr003_cos90.jsonl"
     first = json.loads(rows.read_text().splitlines()[0])
-    base = load_config(REPO / first["params"],
-                       {f"defense.{k}": v for k, v in first["defense_overrides"].items()})
+    base = load_config(REPO / first["params"], defense_overrides("ft_sam", first["defense_overrides"]))
     robust = load_config(REPO / "params" / "robust" / "fashion_mnist_small_preactresnet18.yaml")
     assert robust == base
     assert robust != load_config(REPO / first["params"])
