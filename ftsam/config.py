@@ -21,10 +21,25 @@ from typing import Any, Literal
 import yaml
 
 
+# Options added after runs were cached, each with the value that means "off". A cache key leaves
+# such an option out while it is off, so the runs cached before the option existed keep their keys.
+KEY_NEUTRAL: dict[str, Any] = {"max_grad_norm": 0.0}
+
+
+def _without_neutral(obj):
+    if isinstance(obj, dict):
+        return {k: _without_neutral(v) for k, v in obj.items()
+                if not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
+    if isinstance(obj, (list, tuple)):
+        return [_without_neutral(v) for v in obj]
+    return obj
+
+
 def stable_hash(obj) -> str:
-    """A short hash of a JSON-able object, independent of key order: the cache key of runs
-    (:meth:`Config.digest`) and of generated attack resources (:meth:`Attack.resource_path`)."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    """A short hash of a JSON-able object, independent of key order and of the options in
+    :data:`KEY_NEUTRAL` while they are off: the cache key of runs (:meth:`Config.digest`) and of
+    generated attack resources (:meth:`Attack.resource_path`)."""
+    blob = json.dumps(_without_neutral(obj), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -101,6 +116,10 @@ class TrainConfig:
     hflip: bool = False
     drop_last: bool = True
     eval_every: int = 1                 # evaluate every N epochs (and always after the last)
+    # Clip the gradient each update uses (FT-SAM: the one at w + eps) to this L2 norm over all
+    # parameters; 0 = off. Not in the paper: a standard stabilizer, for models whose first
+    # fine-tuning steps meet gradients 10-100x the usual (params/robust/digits_simple_cnn.yaml).
+    max_grad_norm: float = 0.0
 
     def check(self, prefix: str) -> None:
         _range(f"{prefix}.epochs", self.epochs, lo=1)
@@ -113,6 +132,7 @@ class TrainConfig:
         _range(f"{prefix}.label_smoothing", self.label_smoothing, lo=0.0, hi=1.0)
         _range(f"{prefix}.crop_padding", self.crop_padding, lo=0)
         _range(f"{prefix}.eval_every", self.eval_every, lo=1)
+        _range(f"{prefix}.max_grad_norm", self.max_grad_norm, lo=0.0)
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,20 @@ def sgd_step(model: nn.Module, cfg: TrainConfig, loss: Loss | None = None,
     return SGDStep(model, optimizer or make_optimizer(model, cfg), loss or classification_loss(cfg.label_smoothing))
 
 
+def _before_update(model: nn.Module, max_grad_norm: float, on_update, epoch: int, it: int):
+    """What a step calls once the update's gradients are in ``.grad``: clip them to
+    ``max_grad_norm`` (when set), then show them to ``on_update``; None when there is nothing to do."""
+    if not max_grad_norm and on_update is None:
+        return None
+
+    def before_update():
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        if on_update is not None:
+            on_update(epoch, it, model)
+    return before_update
+
+
 @contextmanager
 def seeded(seed: int, device: torch.device | str = "cpu"):
     """Torch's global random state seeded with ``seed`` inside the block and restored after it:
@@ -204,7 +218,7 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, step: Step | None = 
     ``batch_hook`` poisons batches on the fly. ``evaluate(model)`` is called every
     ``cfg.eval_every`` epochs and after the last; its dict goes into the history.
     ``on_update(epoch, iteration, model)`` sees the gradients the optimizer is about to use (for
-    FT-SAM: those at w + eps). With ``checkpoint``, the state (model, the step's optimizer and
+    FT-SAM: those at w + eps), after ``cfg.max_grad_norm``'s clipping. With ``checkpoint``, the state (model, the step's optimizer and
     any state of the step) is saved after each epoch (atomically) and a run finds and resumes it.
     ``trainable`` (see :class:`TrainableHook`) is trained alongside the model with the default
     step (the batches ``batch_hook`` returns may keep a graph to it; its loss term is added to
@@ -258,8 +272,7 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, step: Step | None = 
                     xb, yb = batch_hook(xb, yb, g)
                 if device.type == "cuda":
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                watch = None if on_update is None else (lambda e=epoch, i=it: on_update(e, i, model))
-                loss = step(xb, yb, watch)
+                loss = step(xb, yb, _before_update(model, cfg.max_grad_norm, on_update, epoch, it))
                 if trainable is not None:
                     trainable.after_step(opt.param_groups[0]["lr"] / cfg.lr if cfg.lr else 1.0)
                 total += loss.detach()
