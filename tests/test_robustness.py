@@ -152,15 +152,19 @@ def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
     assert table.splitlines()[-1].split() == ["vb", "(x)", "99.0/40.0", "-", "-"]
 
 
-def test_robust_params_file_is_the_recorded_rows_setting():
-    """params/robust/fashion_mnist_small_preactresnet18.yaml claims to be the config its recorded
-    rows ran as (the base params file plus the rows' defense overrides), so a suite run on it
-    reuses every cached model; a drift in either file would silently make that claim false."""
+@pytest.mark.parametrize("rows_file, params_file", [
+    ("fashion_mnist_small_lr003_cos90.jsonl", "fashion_mnist_small_preactresnet18.yaml"),
+    ("digits_simple_cnn_clip5.jsonl", "digits_simple_cnn.yaml"),
+])
+def test_robust_params_file_is_the_recorded_rows_setting(rows_file, params_file):
+    """A params/robust file claims to be the config its recorded rows ran as (the rows' params
+    file plus their defense overrides), so a suite run on it reuses every cached model; a drift
+    in either file would silently make that claim false."""
     from ftsam.config import load_config
     from ftsam.experiment import defense_overrides
-    rows = REPO / "benchmarks" / "robustness" / "fashion_mnist_small_lr003_cos90.jsonl"
+    rows = REPO / "benchmarks" / "robustness" / rows_file
     first = json.loads(rows.read_text().splitlines()[0])
     base = load_config(REPO / first["params"], defense_overrides("ft_sam", first["defense_overrides"]))
-    robust = load_config(REPO / "params" / "robust" / "fashion_mnist_small_preactresnet18.yaml")
+    robust = load_config(REPO / "params" / "robust" / params_file)
     assert robust == base
-    assert robust != load_config(REPO / first["params"])
+    assert first["defense_overrides"]               # the rows name the step they ran, not "whatever the file says"
