@@ -68,7 +68,11 @@ def refuse_pickles(path: str | Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Recognised first,
+    # because that length's first byte may be 0x80, a pickle's first byte.
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return
     convert = ("ftsam never unpickles a model (loading a pickle can run any code). Where you trust the file, convert "
                "it: python -c \"import torch, safetensors.torch as s; s.save_file({k: v.contiguous() for k, v in "
                "torch.load('IN', weights_only=True).items()}, 'OUT.safetensors')\"")

@@ -19,7 +19,7 @@ from ftsam import experiment
 from ftsam.cli import main
 from ftsam.config import from_dict
 from ftsam.data import load_dataset
-from ftsam.io import load_tensors, save_model
+from ftsam.io import CheckpointError, load_tensors, save_model
 from ftsam.metrics import accuracy
 from ftsam.train import predict
 from ftsam.user_model import load_user_model
@@ -223,3 +223,22 @@ def test_without_a_test_folder_only_the_clean_data_accuracy_is_reported(backdoor
     assert "CLEAN_DATA_ACC" in shown and "training accuracy, not a test" in shown
     assert main(args + ["--triggered", str(tmp / "triggered"), "--target", "0"]) == 2
     assert "test/ is missing" in capsys.readouterr().err
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_a_pickle_byte_loads(tmp_path):
+    """A safetensors file begins with its header's length (8 bytes, little-endian); when that
+    length's low byte is 0x80, the file's first byte is a pickle's. It is still safetensors."""
+    from safetensors.torch import save_file
+
+    from ftsam.user_model import refuse_pickles
+    path = tmp_path / "m.safetensors"
+    for pad in range(300):                      # metadata padding moves the header's length
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    refuse_pickles(path)                        # no error
+    pkl = tmp_path / "m.pkl"
+    pkl.write_bytes(pickle.dumps({"a": torch.zeros(2).tolist()}))
+    with pytest.raises(CheckpointError, match="is a Python pickle"):
+        refuse_pickles(pkl)
