@@ -11,6 +11,7 @@ FIGURES = ["00_derivation_ellipsoid", "01_attack_samples", "02_defense_curves", 
            "06_gradcam_blended_all2one", "07_tsne", "09_attack_samples",
            "09_clean_label_samples", "13_robustness_live", "13_robustness_digits_preactresnet18",
            "13_robustness_digits_simple_cnn", "13_robustness_digits_simple_cnn_clip5",
+           "13_robustness_digits_vgg19_bn_lr002",
            "13_robustness_fashion_mnist_small_lr003",
            "13_robustness_fashion_mnist_small_lr003_cos45",
            "13_robustness_fashion_mnist_small_lr003_cos90"]
