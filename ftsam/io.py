@@ -96,7 +96,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return st_load(data)
     except (SafetensorError, Exception) as e:  # safetensors raises several types on garbage
-        if _looks_like_safetensors(data):
+        if looks_like_safetensors(data):
             raise CheckpointError(
                 f"{path} is a damaged safetensors file ({e}): {len(data)} bytes, probably truncated by an "
                 "interrupted copy or a full disk; delete it (a cached run is then trained again)", path) from None
@@ -106,7 +106,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             path) from None
 
 
-def _looks_like_safetensors(data: bytes) -> bool:
+def looks_like_safetensors(data: bytes) -> bool:
     """Whether ``data`` starts like a safetensors file: an 8-byte header length, then a JSON
     header that begins with ``{`` (so a damaged checkpoint is not mistaken for another format)."""
     if len(data) < 10:

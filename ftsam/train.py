@@ -218,8 +218,9 @@ def fit(model: nn.Module, data: ImageSet, cfg: TrainConfig, step: Step | None = 
     ``batch_hook`` poisons batches on the fly. ``evaluate(model)`` is called every
     ``cfg.eval_every`` epochs and after the last; its dict goes into the history.
     ``on_update(epoch, iteration, model)`` sees the gradients the optimizer is about to use (for
-    FT-SAM: those at w + eps), after ``cfg.max_grad_norm``'s clipping. With ``checkpoint``, the state (model, the step's optimizer and
-    any state of the step) is saved after each epoch (atomically) and a run finds and resumes it.
+    FT-SAM: those at w + eps), after ``cfg.max_grad_norm``'s clipping. With ``checkpoint``, the
+    state (model, the step's optimizer and any state of the step) is saved after each epoch
+    (atomically) and a run finds and resumes it.
     ``trainable`` (see :class:`TrainableHook`) is trained alongside the model with the default
     step (the batches ``batch_hook`` returns may keep a graph to it; its loss term is added to
     the model's); its state is part of the checkpoint. ``progress=None`` shows a tqdm bar only

@@ -22,7 +22,7 @@ from torch import nn
 
 from ftsam.config import MODELS, ConfigError, ModelConfig
 from ftsam.data import DatasetInfo
-from ftsam.io import CheckpointError, load_tensors
+from ftsam.io import CheckpointError, load_tensors, looks_like_safetensors
 
 
 def build_architecture(arch: str, info: DatasetInfo, width: int = 64) -> nn.Module:
@@ -68,10 +68,9 @@ def refuse_pickles(path: str | Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(9)
-    # safetensors: an 8-byte little-endian header length, then the JSON header. Recognised first,
-    # because that length's first byte may be 0x80, a pickle's first byte.
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        head = f.read(10)
+    # Recognised first: a safetensors header length's first byte may be 0x80, a pickle's first byte.
+    if looks_like_safetensors(head):
         return
     convert = ("ftsam never unpickles a model (loading a pickle can run any code). Where you trust the file, convert "
                "it: python -c \"import torch, safetensors.torch as s; s.save_file({k: v.contiguous() for k, v in "
