@@ -118,7 +118,7 @@ class TrainConfig:
     eval_every: int = 1                 # evaluate every N epochs (and always after the last)
     # Clip the gradient each update uses (FT-SAM: the one at w + eps) to this L2 norm over all
     # parameters; 0 = off. Not in the paper: a standard stabilizer, for models whose first
-    # fine-tuning steps meet gradients 10-100x the usual (params/robust/digits_simple_cnn.yaml).
+    # fine-tuning steps meet gradients hundreds of times the usual (params/robust/digits_simple_cnn.yaml).
     max_grad_norm: float = 0.0
 
     def check(self, prefix: str) -> None:
