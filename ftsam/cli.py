@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs="+", help="normalization of ftsam's architectures (default: the data's)")
     p.add_argument("--std", type=float, nargs="+", help="(see --mean)")
     p.add_argument("--defense", default="ft_sam", help="which defense (default ft_sam; see: ftsam list)")
-    p.add_argument("--settings", help="start from these settings: a name of params/paper/ "
-                                      "(e.g. cifar10-preactresnet18) or a params file (default: the package's)")
+    p.add_argument("--settings", help="start from these settings: a name of params/paper/, params/robust/ or params/ "
+                                      "(cifar10-preactresnet18, robust/digits_simple_cnn, offline; see: ftsam list) "
+                                      "or a params file (default: the package's)")
     p.add_argument("--rho", type=float, help="FT-SAM's radius (defense.ft_sam.rho)")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (defense.train.epochs)")
     p.add_argument("--lr", type=float, help="fine-tuning learning rate (defense.train.lr)")
@@ -220,7 +221,7 @@ def cmd_list(args) -> int:
     from ftsam.config import MODELS
     from ftsam.datasets_byo import dataset_names
     from ftsam.defenses import describe
-    from ftsam.purify import paper_settings
+    from ftsam.purify import named_settings
     print("datasets (data.name): " + ", ".join(dataset_names()))
     print("models (model.name): " + ", ".join(MODELS) + "; ftsam purify --arch also takes torchvision names "
           "and module:callable")
@@ -229,7 +230,7 @@ def cmd_list(args) -> int:
     for name, d in describe().items():
         opts = ", ".join(f"{k}={v!r}" for k, v in d["options"].items()) or "none"
         print(f"  {name:10s} {d['title']}: given {', '.join(d['given'])}; options: {opts}")
-    print("paper settings (purify --settings): " + ", ".join(paper_settings()))
+    print("settings (purify --settings): " + ", ".join(named_settings()))
     return 0
 
 

@@ -84,7 +84,9 @@ def purify(model: nn.Module, clean, *, defense: str = "ft_sam", settings: str | 
     - ``defense``: a name of :func:`ftsam.defenses.describe` (``ftsam list``).
     - ``settings``: where the defense's settings start: ``None`` for the package's defaults,
       a name of ``params/paper/`` (``"cifar10-preactresnet18"``: the paper's values for that
-      setting) or ``params/`` (``"offline"``), a params file, or a :class:`~ftsam.config.Config`.
+      setting), of ``params/robust/`` (``"robust/digits_simple_cnn"``: the step that held on a
+      family of attack variants for that dataset and model) or of ``params/`` (``"offline"``; all in
+      :func:`named_settings`), a params file, or a :class:`~ftsam.config.Config`.
     - ``options``: changes to those settings, checked like a params file (an unknown key is an
       error listing the valid ones): the defense's own options by name (``rho=4``), the
       fine-tuning settings by name (``epochs=20``, ``lr=0.01``, ``batch_size=128``), or dotted
@@ -147,9 +149,16 @@ def purify(model: nn.Module, clean, *, defense: str = "ft_sam", settings: str | 
 
 
 # ---- settings ------------------------------------------------------------------------------
-def paper_settings() -> list[str]:
-    """Names ``settings=`` takes from ``params/paper/`` (the paper's per-setting values)."""
-    return sorted(p.stem for p in (PARAMS_DIR / "paper").glob("*.yaml"))
+def named_settings() -> dict[str, Path]:
+    """The names ``settings=`` takes, each with its params file: ``params/paper/`` (the supplement's
+    values per dataset and model, ``"cifar10-preactresnet18"``), ``params/robust/`` as
+    ``"robust/<name>"`` (the defender's step that held on issue 11's family of attack variants for
+    that dataset and model, e.g. ``"robust/digits_simple_cnn"`` for a CNN without BatchNorm) and
+    ``params/`` (``"offline"``)."""
+    files = {p.stem: p for p in sorted((PARAMS_DIR / "paper").glob("*.yaml"))}
+    files.update({f"robust/{p.stem}": p for p in sorted((PARAMS_DIR / "robust").glob("*.yaml"))})
+    files.update({p.stem: p for p in sorted(PARAMS_DIR.glob("*.yaml")) if p.stem not in files})
+    return files
 
 
 def _settings_name(settings) -> str:
@@ -164,13 +173,11 @@ def _settings(settings, seed: int, defense: str, options: dict) -> Config:
     else:
         path = Path(settings)
         if not path.suffix:
-            for cand in (PARAMS_DIR / "paper" / f"{settings}.yaml", PARAMS_DIR / f"{settings}.yaml"):
-                if cand.is_file():
-                    path = cand
-                    break
-            else:
-                raise ConfigError(f"settings: unknown name {settings!r}; valid: {', '.join(paper_settings())}, "
+            names = named_settings()
+            if str(settings) not in names:
+                raise ConfigError(f"settings: unknown name {settings!r}; valid: {', '.join(names)}, "
                                   "a params file, or None for the package's defaults")
+            path = names[str(settings)]
         base = load_config(path)
     return base.with_overrides({"seed": seed, **defense_option_keys(defense, options)})
 

@@ -168,6 +168,7 @@ def test_attack_defend_and_list_on_a_params_file(backdoored, tmp_path, capsys):
     assert main(["list"]) == 0
     listed = capsys.readouterr().out
     assert "folder, arrays" in listed and "ft_sam" in listed and "rho=2.0" in listed and "cifar10-preactresnet18" in listed
+    assert "robust/digits_simple_cnn" in listed and "robust/digits_vgg19_bn" in listed
 
 
 def test_a_torchvision_model_by_name_on_rgb_images(tmp_path, capsys):

@@ -162,8 +162,26 @@ def test_settings_by_name_and_options_checked_like_a_params_file(run, tmp_path):
         ftsam.purify(run.model, _clean(run), rho=-1.0)
     with pytest.raises(ConfigError, match="unknown defense 'sam'"):
         ftsam.purify(run.model, _clean(run), defense="sam")
-    with pytest.raises(ConfigError, match="settings: unknown name 'cifar11'"):
+    with pytest.raises(ConfigError, match="settings: unknown name 'cifar11'; valid: .*robust/digits_simple_cnn"):
         ftsam.purify(run.model, _clean(run), settings="cifar11")
+    with pytest.raises(ConfigError, match="unknown name '../params/offline'"):    # a name, not a path out
+        ftsam.purify(run.model, _clean(run), settings="../params/offline")
+
+
+def test_robust_settings_by_name_are_their_params_files_defense_step(run):
+    """settings="robust/<name>" starts from params/robust/<name>.yaml's defender's step (issue 11):
+    the small CNN's clipped update, VGG19-BN's decayed lr 0.03 at rho 2."""
+    from ftsam.config import load_config
+    from ftsam.purify import PARAMS_DIR, named_settings
+    names = named_settings()
+    assert {"robust/digits_simple_cnn", "robust/digits_vgg19_bn", "cifar10-vgg19_bn", "offline"} <= set(names)
+    for name in ("robust/digits_simple_cnn", "robust/digits_vgg19_bn"):
+        want = load_config(PARAMS_DIR / f"{name}.yaml").defense
+        opts = ftsam.purify(run.model, _clean(run), settings=name, epochs=1).report["options"]
+        assert opts["ft_sam"] == want.section("ft_sam")["ft_sam"]
+        assert {k: v for k, v in opts["train"].items() if k != "epochs"} == \
+            {k: v for k, v in want.section("ft_sam")["train"].items() if k != "epochs"}
+    assert want.train.lr == 0.03 and want.train.schedule == "cosine" and want.ft_sam.rho == 2.0
 
 
 def test_bad_data_are_clear_errors(run):
