@@ -84,7 +84,7 @@ def purify(model: nn.Module, clean, *, defense: str = "ft_sam", settings: str | 
     - ``defense``: a name of :func:`ftsam.defenses.describe` (``ftsam list``).
     - ``settings``: where the defense's settings start: ``None`` for the package's defaults,
       a name of ``params/paper/`` (``"cifar10-preactresnet18"``: the paper's values for that
-      setting), of ``params/robust/`` (``"robust/digits_simple_cnn"``: the step that held on a
+      setting), of ``params/robust/`` (``"robust/digits_simple_cnn"``: the best step found on a
       family of attack variants for that dataset and model) or of ``params/`` (``"offline"``; all in
       :func:`named_settings`), a params file, or a :class:`~ftsam.config.Config`.
     - ``options``: changes to those settings, checked like a params file (an unknown key is an
@@ -152,7 +152,7 @@ def purify(model: nn.Module, clean, *, defense: str = "ft_sam", settings: str | 
 def named_settings() -> dict[str, Path]:
     """The names ``settings=`` takes, each with its params file: ``params/paper/`` (the supplement's
     values per dataset and model, ``"cifar10-preactresnet18"``), ``params/robust/`` as
-    ``"robust/<name>"`` (the defender's step that held on issue 11's family of attack variants for
+    ``"robust/<name>"`` (the best defender's step found on issue 11's family of attack variants for
     that dataset and model, e.g. ``"robust/digits_simple_cnn"`` for a CNN without BatchNorm) and
     ``params/`` (``"offline"``)."""
     files = {p.stem: p for p in sorted((PARAMS_DIR / "paper").glob("*.yaml"))}
