@@ -23,7 +23,7 @@ import yaml
 
 # Options added after runs were cached, each with the value that means "off". A cache key leaves
 # such an option out while it is off, so the runs cached before the option existed keep their keys.
-KEY_NEUTRAL: dict[str, Any] = {"max_grad_norm": 0.0}
+KEY_NEUTRAL: dict[str, Any] = {"max_grad_norm": 0.0, "warmup_epochs": 0}
 
 
 def _without_neutral(obj):
@@ -120,6 +120,11 @@ class TrainConfig:
     # parameters; 0 = off. Not in the paper: a standard stabilizer, for models whose first
     # fine-tuning steps meet gradients hundreds of times the usual (params/robust/digits_simple_cnn.yaml).
     max_grad_norm: float = 0.0
+    # Raise the learning rate linearly from ~0 over this many epochs (per update), multiplying the
+    # schedule; 0 = off. Not in the paper: a standard stabilizer for a fine-tuning step whose first
+    # updates at full rate knock a model's accuracy down before it can relearn
+    # (params/robust/digits_vgg19_bn.yaml).
+    warmup_epochs: int = 0
 
     def check(self, prefix: str) -> None:
         _range(f"{prefix}.epochs", self.epochs, lo=1)
@@ -133,6 +138,7 @@ class TrainConfig:
         _range(f"{prefix}.crop_padding", self.crop_padding, lo=0)
         _range(f"{prefix}.eval_every", self.eval_every, lo=1)
         _range(f"{prefix}.max_grad_norm", self.max_grad_norm, lo=0.0)
+        _range(f"{prefix}.warmup_epochs", self.warmup_epochs, lo=0, hi=self.epochs)
 
 
 @dataclass(frozen=True)

@@ -126,12 +126,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def lr_at(cfg: TrainConfig, epoch: int, it: int, iters_per_epoch: int) -> float:
+    """The learning rate of update ``it`` of ``epoch``: the schedule's, times the linear warmup's
+    factor (update k of the first ``warmup_epochs`` epochs' n updates: k / n, k = 1..n)."""
+    step = epoch * iters_per_epoch + it
+    warm = min(1.0, (step + 1) / (cfg.warmup_epochs * iters_per_epoch)) if cfg.warmup_epochs else 1.0
     if cfg.schedule == "constant":
-        return cfg.lr
+        return warm * cfg.lr
     if cfg.schedule == "cosine":        # stepped per epoch, T_max = epochs
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
-    step = epoch * iters_per_epoch + it  # cosine_per_iter: the authors' quirk (T_max in iterations)
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / cfg.cosine_t_max))
+        return warm * 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    # cosine_per_iter: the authors' quirk (T_max in iterations)
+    return warm * 0.5 * cfg.lr * (1 + math.cos(math.pi * step / cfg.cosine_t_max))
 
 
 # ---- steps: forward, backward and update for one batch ----------------------------------
