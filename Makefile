@@ -43,7 +43,7 @@ unit: install
 # A fresh run trains every model: notebook 09's first cell (ten attacks, WaNet at 100 epochs) ran past
 # 900 s on a 2.5 GHz Xeon, so a cell gets 40 minutes (CI's whole budget is 90).
 nbval: install datasets
-	$(PY) -m pytest -q --nbval --nbval-cell-timeout=2400 $(NOTEBOOKS)
+	$(PY) -m pytest -q --nbval --nbval-cell-timeout=2400 --nbval-sanitize-with tests/nbval_sanitize.cfg $(NOTEBOOKS)
 
 ## Benchmarks (not tests): writes BENCHMARKS.md (THREADS=n pins torch's threads).
 bench: install
