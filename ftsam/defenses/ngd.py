@@ -148,7 +148,10 @@ class NGDStep:
             for f, q, d in (("A", "Qa", "da"), ("G", "Qg", "dg")):
                 evals, evecs = torch.linalg.eigh(self.factors[f"{name}.{f}"])
                 self.factors[f"{name}.{d}"] = evals.clamp_min(0.0) * (evals > 1e-10)   # drop round-off negatives
-                self.factors[f"{name}.{q}"] = evecs
+                # eigh returns column-major eigenvectors; a checkpoint stores them row-major. Keep them
+                # row-major here too, so a resumed run's products take the same kernel path (on an AMD
+                # EPYC the two layouts rounded differently and a resumed fit drifted in the last bits).
+                self.factors[f"{name}.{q}"] = evecs.contiguous()
 
     def precondition(self, lr: float) -> None:
         """Replace the K-FAC layers' gradients by their KL-clipped natural gradients."""
