@@ -179,7 +179,14 @@ def _settings(settings, seed: int, defense: str, options: dict) -> Config:
                                   "a params file, or None for the package's defaults")
             path = names[str(settings)]
         base = load_config(path)
-    return base.with_overrides({"seed": seed, **defense_option_keys(defense, options)})
+    keys = defense_option_keys(defense, options)
+    epochs = keys.get("defense.train.epochs")
+    if (isinstance(epochs, int) and "defense.train.warmup_epochs" not in keys
+            and base.defense.train.warmup_epochs > epochs):
+        # The settings' warmup (robust/digits_vgg19_bn: 5 epochs) is longer than the run asked for:
+        # warm up over the whole run rather than fail a short trial on a key the user never set.
+        keys["defense.train.warmup_epochs"] = epochs
+    return base.with_overrides({"seed": seed, **keys})
 
 
 def defense_option_keys(defense: str, options: dict) -> dict:

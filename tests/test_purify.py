@@ -179,10 +179,24 @@ def test_robust_settings_by_name_are_their_params_files_defense_step(run):
         want = load_config(PARAMS_DIR / f"{name}.yaml").defense
         opts = ftsam.purify(run.model, _clean(run), settings=name, epochs=1).report["options"]
         assert opts["ft_sam"] == want.section("ft_sam")["ft_sam"]
-        assert {k: v for k, v in opts["train"].items() if k != "epochs"} == \
-            {k: v for k, v in want.section("ft_sam")["train"].items() if k != "epochs"}
+        short = ("epochs", "warmup_epochs")          # epochs=1 here; a shorter run warms up over all of it (below)
+        assert {k: v for k, v in opts["train"].items() if k not in short} == \
+            {k: v for k, v in want.section("ft_sam")["train"].items() if k not in short}
     vgg = load_config(PARAMS_DIR / "robust/digits_vgg19_bn.yaml").defense    # not the loop's last value
     assert vgg.train.lr == 0.03 and vgg.train.schedule == "cosine" and vgg.ft_sam.rho == 2.0
+    assert vgg.train.warmup_epochs == 5
+
+
+def test_a_run_shorter_than_the_settings_warmup_warms_up_over_all_of_it(run):
+    """robust/digits_vgg19_bn warms up over 5 epochs: epochs=1 runs (warming up over that one
+    epoch) instead of failing on warmup_epochs, a key the caller never set; an explicit warmup
+    longer than the run is still an error naming the key."""
+    r = ftsam.purify(run.model, _clean(run), settings="robust/digits_vgg19_bn", epochs=1)
+    assert r.report["options"]["train"]["warmup_epochs"] == 1
+    r = ftsam.purify(run.model, _clean(run), settings="robust/digits_vgg19_bn", epochs=8)
+    assert r.report["options"]["train"]["warmup_epochs"] == 5
+    with pytest.raises(ConfigError, match="defense.train.warmup_epochs"):
+        ftsam.purify(run.model, _clean(run), settings="robust/digits_vgg19_bn", epochs=2, warmup_epochs=3)
 
 
 def test_bad_data_are_clear_errors(run):
