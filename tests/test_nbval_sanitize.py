@@ -18,11 +18,13 @@ def sanitize(text: str) -> str:
 XEON = """variant                                    backdoored          FT    FT-SAM
 -----------------------------------------  ----------  ----------  --------
 v02 badnets 4px white top_right t0 r0.030  100.0/99.8   99.6/94.8  98.9/4.7
-loss -1.5e-03 after 40 epochs"""
+loss -1.5e-03 after 40 epochs
+epoch 1 Spearman +0.12 Input-aware True True"""
 EPYC = """variant                                    backdoored          FT     FT-SAM
 -----------------------------------------  ----------  ----------  ---------
 v02 badnets 4px white top_right t0 r0.030   99.8/99.8   99.3/98.5  98.4/20.7
-loss 2.25e-02 after 40 epochs"""
+loss 2.25e-02 after 40 epochs
+epoch 1 Spearman -0.05 Input-aware False True"""
 
 
 def test_rounding_differences_compare_equal():
