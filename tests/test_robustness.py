@@ -171,3 +171,19 @@ def test_robust_params_file_is_the_recorded_rows_setting(rows_file, params_file)
     robust = load_config(REPO / "params" / "robust" / params_file)
     assert robust == base
     assert first["defense_overrides"]               # the rows name the step they ran, not "whatever the file says"
+
+
+def test_the_clean_baseline_trains_on_the_defenders_clean_subset_alone():
+    """benchmarks.clean_baseline fits a fresh model on exactly the subset a defense is given
+    (defense.clean_ratio of the training set, balanced) and reports its clean test accuracy; the
+    fresh model's initial weights come from the run's seed, so a rerun measures the same."""
+    from benchmarks.clean_baseline import clean_baseline
+    from ftsam.config import load_config
+    from ftsam.data import clean_subset, load_dataset
+    cfg = load_config(REPO / "params" / "offline.yaml")
+    train, _, _ = load_dataset(cfg.data)
+    want = len(clean_subset(train, 0.2, cfg.seed, balanced=cfg.defense.clean_sampling == "balanced"))
+    r = clean_baseline(str(REPO / "params" / "offline.yaml"), epochs=2, clean_ratio=0.2, progress=False)
+    assert r["n_clean"] == want and r["clean_ratio"] == 0.2 and r["epochs"] == 2
+    assert 10.0 < r["acc"] <= 100.0          # two epochs on digits beat chance (10 classes)
+    assert clean_baseline(str(REPO / "params" / "offline.yaml"), epochs=2, clean_ratio=0.2, progress=False) == r
