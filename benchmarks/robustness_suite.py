@@ -9,6 +9,11 @@ Several defender's settings on the same backdoored models: give ``--defense-over
 ``--out`` once per setting (paired in order); each variant is trained once and each setting's
 rows go to its own file.
 
+``--clean-model`` measures instead what each variant's trigger does to a model never poisoned
+(the params file's model trained on the clean data, :func:`ftsam.robustness.clean_model_asr`):
+one line per variant with ``clean_acc`` and ``clean_asr``, the floor a defense has no reason to
+go below. Nothing is defended, and only the one clean model is trained.
+
 Runs are cached under ``--cache`` (default ``runs``) like every notebook run."""
 from __future__ import annotations
 
@@ -44,8 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--skip-not-implanted", action="store_true",
                     help="do not defend variants that did not implant (they are out of the score)")
+    ap.add_argument("--clean-model", action="store_true",
+                    help="only each trigger's ASR on a model trained on clean data (nothing defended)")
     ap.add_argument("--out", required=True, action="append", help="rows file (JSON lines, appended)")
     args = ap.parse_args(argv)
+    if args.clean_model and (args.defense_overrides or args.skip_not_implanted or len(args.out) > 1):
+        ap.error("--clean-model defends nothing: give one --out and no --defense-overrides or --skip-not-implanted")
     settings = [json.loads(s) for s in (args.defense_overrides or ["{}"])]
     if len(settings) != len(args.out):
         ap.error(f"--defense-overrides given {len(settings)} times but --out {len(args.out)} times; "
@@ -55,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     from ftsam.config import load_config
     from ftsam.data import load_dataset
-    from ftsam.robustness import PUBLISHED, run_suite, summarize, variant_family
+    from ftsam.robustness import PUBLISHED, clean_model_asr, run_suite, summarize, variant_family
     from ftsam.train import resolve_device
 
     cfg = load_config(args.params, json.loads(args.overrides))
@@ -65,6 +74,16 @@ def main(argv: list[str] | None = None) -> None:
                               attack_settings=cfg.attack_settings)
     if args.only:
         variants = [variants[int(i)] for i in args.only.split(",")]
+    if args.clean_model:
+        t0 = time.perf_counter()
+        rows = clean_model_asr(cfg, variants, cache_dir=args.cache, device=device)
+        with open(args.out[0], "a") as f:
+            for r in rows:
+                f.write(json.dumps({"params": args.params, "overrides": args.overrides, "device": device, **r}) + "\n")
+                asr = "no trigger without training" if r["clean_asr"] is None else f"{r['clean_asr']:5.1f}"
+                print(f"{r['label']:55s} clean model: ASR {asr}", flush=True)
+        print(f"clean-model time: {time.perf_counter() - t0:.0f} s for {len(rows)} variants on {device}")
+        return
     names = ("FT", "ft"), ("FT-SAM", "ft_sam")
     defenses = {f"{label}#{j}": (name, dov) for j, dov in enumerate(settings) for label, name in names}
     files = [open(path, "a") for path in args.out]

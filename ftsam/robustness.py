@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 from ftsam.config import Config
@@ -117,6 +118,42 @@ def run_suite(cfg: Config, variants: list[Variant], defenses: dict[str, tuple[st
         rows.append(row)
         if log is not None:
             log(row)
+    return rows
+
+
+def clean_model_asr(cfg: Config, variants: list[Variant], cache_dir="runs", device: str = "auto",
+                    progress: bool | None = False) -> list[dict]:
+    """The ASR each variant's trigger reaches on a model that was never poisoned: ``cfg``'s model
+    trained on the clean training set with the attack's step (:func:`ftsam.experiment.train_clean`,
+    cached once per setting). It is the share of triggered test images that a clean model already
+    puts in the target class: a defense that does not know the trigger has no reason to go below
+    it, so a variant whose floor is near the 10% line is not evidence that the defense failed.
+
+    One row per variant: its label, ``clean_acc`` and ``clean_asr`` (percent). Attacks whose
+    trigger networks train with the victim (Input-aware) have no trigger without that training:
+    their ``clean_asr`` is None."""
+    from ftsam.attacks import build_attack
+    from ftsam.data import load_dataset
+    from ftsam.experiment import clean_key, train_clean
+    from ftsam.metrics import evaluate
+    from ftsam.train import resolve_device
+
+    device = str(resolve_device(device))
+    train, test, info = load_dataset(cfg.data)
+    rows = []
+    for v in variants:
+        vcfg = cfg.with_overrides(v.overrides)
+        attack = build_attack(vcfg.attack, info)
+        row = {"label": v.label, "attack": vcfg.attack.name, "target": vcfg.attack.target}
+        if attack.trainable:
+            row["clean_acc"] = row["clean_asr"] = None
+        else:   # the victim's clean twin: a variant's own attack-step settings (WaNet's epochs) included
+            model = train_clean(vcfg, cache_dir, device, progress)
+            attack.prepare(train, seed=vcfg.seed, cache_dir=Path(cache_dir) / "resources",
+                           key=clean_key(vcfg, info), device=device, clean_model=lambda m=model: m)
+            m = evaluate(model, test, attack.poison_testset(test), device)
+            row["clean_acc"], row["clean_asr"] = m["acc"], m["asr"]
+        rows.append(row)
     return rows
 
 

@@ -187,3 +187,45 @@ def test_the_clean_baseline_trains_on_the_defenders_clean_subset_alone():
     assert r["n_clean"] == want and r["clean_ratio"] == 0.2 and r["epochs"] == 2
     assert 10.0 < r["acc"] <= 100.0          # two epochs on digits beat chance (10 classes)
     assert clean_baseline(str(REPO / "params" / "offline.yaml"), epochs=2, clean_ratio=0.2, progress=False) == r
+
+
+def test_clean_model_asr_measures_each_trigger_on_the_never_poisoned_model(tmp_path, monkeypatch):
+    """clean_model_asr evaluates every variant's triggered test set on the clean model of the
+    variant's own config (train_clean): with a stand-in clean model that answers class 3 whatever
+    it sees, a trigger targeting class 3 scores 100% and every other 0%, and the clean accuracy is
+    class 3's share of the test set. Input-aware has no trigger before training: None. The
+    command's --clean-model mode writes these rows and refuses defense options."""
+    import torch
+
+    import benchmarks.robustness_suite as cli
+    import ftsam.experiment as exp
+    from ftsam.config import load_config
+    from ftsam.data import load_dataset
+    from ftsam.robustness import clean_model_asr
+
+    class Always3(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(len(x), 10)
+            out[:, 3] = 1.0
+            return out
+
+    keys = []
+    monkeypatch.setattr(exp, "train_clean", lambda cfg, *a, **kw: keys.append(exp.clean_key(cfg)) or Always3())
+    cfg = load_config(REPO / "params" / "offline.yaml")
+    _, test, info = load_dataset(cfg.data)
+    fam = variant_family(info, seed=1, n=20, published=("input_aware",), attack_settings=cfg.attack_settings)
+    pick = [v for v in fam if v.overrides["attack.target"] == 3][:1] + \
+        [v for v in fam if v.overrides["attack.target"] != 3][:2] + [fam[-1]]
+    rows = clean_model_asr(cfg, pick, cache_dir=tmp_path)
+    share3 = 100.0 * (test.y == 3).float().mean().item()
+    assert [r["clean_asr"] for r in rows[:3]] == [100.0, 0.0, 0.0]
+    assert all(abs(r["clean_acc"] - share3) < 1e-4 for r in rows[:3])
+    assert rows[3]["label"] == "published input_aware" and rows[3]["clean_asr"] is None
+    assert len(set(keys)) == 1 and len(keys) == 3     # one clean model, the victim's twin
+    out = tmp_path / "clean.jsonl"
+    cli.main(["--params", "params/offline.yaml", "--seed", "1", "--only", "0,1", "--clean-model",
+              "--cache", str(tmp_path), "--out", str(out)])
+    lines = [json.loads(s) for s in out.read_text().splitlines()]
+    assert [r["label"][:3] for r in lines] == ["v00", "v01"] and all("clean_asr" in r for r in lines)
+    with pytest.raises(SystemExit):
+        cli.main(["--clean-model", "--defense-overrides", "{}", "--out", str(out)])
