@@ -212,6 +212,26 @@ def summary_table(summaries: dict[str, dict]) -> str:
                    f"{s['max_acc_loss']:.1f}", s["over_5_points"]] for name, s in summaries.items()])
 
 
+def misses_table(rows: list[dict], defense: str, clean_rows: list[dict] | None = None,
+                 removed_asr: float = 10.0) -> str:
+    """The implanted variants that ``defense`` leaves above ``removed_asr``, each beside what its
+    trigger does to a model never poisoned (``clean_rows``, :func:`clean_model_asr`'s rows, matched
+    by label; "-" where there is none). A miss at or below that floor is what a clean model does
+    with the trigger too, not a backdoor the defense left; the score still counts it as a miss."""
+    from ftsam.report import table
+    floor = {r["label"]: r["clean_asr"] for r in clean_rows or []}
+    out = []
+    for r in rows:
+        asr = r.get(f"{defense} asr")
+        if not r["implanted"] or asr is None or asr <= removed_asr:
+            continue
+        f = floor.get(r["label"])
+        out.append([r["label"], f"{asr:.1f}", "-" if f is None else f"{f:.1f}",
+                    "-" if f is None else ("yes" if asr <= f else "no")])
+    return table(["variant", f"{defense} ASR", "clean model's ASR", "at or below it"], out) if out else \
+        f"{defense} brings every implanted variant to <= {removed_asr:g}% ASR"
+
+
 def plot_suite(rows: list[dict], defenses: list[str], title: str = ""):
     """Post-defense ASR and ACC loss of the implanted variants, one column of points per defense
     (the distribution figure of the suite). Returns the matplotlib figure."""

@@ -156,6 +156,7 @@ def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
     ("fashion_mnist_small_lr003_cos90.jsonl", "fashion_mnist_small_preactresnet18.yaml"),
     ("digits_simple_cnn_clip5.jsonl", "digits_simple_cnn.yaml"),
     ("digits_simple_cnn_clip5_seed2.jsonl", "digits_simple_cnn.yaml"),
+    ("digits_simple_cnn_clip5_seed3.jsonl", "digits_simple_cnn.yaml"),
     ("digits_vgg19_bn_w5_seed3.jsonl", "digits_vgg19_bn.yaml"),   # lr003_cos(_seed2) ran before the warmup
     ("fashion_mnist_small_simple_cnn.jsonl", "fashion_mnist_small_simple_cnn.yaml"),
 ])
@@ -171,6 +172,21 @@ def test_robust_params_file_is_the_recorded_rows_setting(rows_file, params_file)
     robust = load_config(REPO / "params" / "robust" / params_file)
     assert robust == base
     assert first["defense_overrides"]               # the rows name the step they ran, not "whatever the file says"
+
+
+@pytest.mark.parametrize("clean_file", sorted((REPO / "benchmarks" / "robustness" / "clean_model").glob("*.jsonl")),
+                         ids=lambda p: p.stem)
+def test_clean_model_rows_are_the_twin_of_their_recorded_setting(clean_file):
+    """benchmarks/robustness/clean_model/NAME.jsonl holds the clean-model ASR of the variants of the
+    recorded rows NAME.jsonl: the same variant labels, and a clean model of the same data, model,
+    attack step and seed (what the clean model's cache key holds), so notebook 13 may set them side by side."""
+    from ftsam.config import load_config
+    clean = [json.loads(s) for s in clean_file.read_text().splitlines()]
+    rows = REPO / "benchmarks" / "robustness" / clean_file.name
+    recorded = [json.loads(s) for s in rows.read_text().splitlines()]
+    assert sorted(r["label"] for r in clean) == sorted(r["label"] for r in recorded)
+    a, b = load_config(REPO / clean[0]["params"]), load_config(REPO / recorded[0]["params"])
+    assert (a.data, a.model, a.attack_train, a.seed) == (b.data, b.model, b.attack_train, b.seed)
 
 
 def test_the_clean_baseline_trains_on_the_defenders_clean_subset_alone():
@@ -229,3 +245,19 @@ def test_clean_model_asr_measures_each_trigger_on_the_never_poisoned_model(tmp_p
     assert [r["label"][:3] for r in lines] == ["v00", "v01"] and all("clean_asr" in r for r in lines)
     with pytest.raises(SystemExit):
         cli.main(["--clean-model", "--defense-overrides", "{}", "--out", str(out)])
+
+
+def test_misses_table_sets_each_miss_beside_the_clean_models_asr():
+    """Only implanted variants above 10% are listed; a miss at or below its trigger's ASR on a
+    never-poisoned model is marked, one above it is not, one without a clean row shows '-'."""
+    from ftsam.robustness import misses_table
+    rows = [{"label": "a", "implanted": True, "FT-SAM asr": 12.0},
+            {"label": "b", "implanted": True, "FT-SAM asr": 30.0},
+            {"label": "c", "implanted": True, "FT-SAM asr": 4.0},
+            {"label": "d", "implanted": False, "FT-SAM asr": None},
+            {"label": "e", "implanted": True, "FT-SAM asr": 11.0}]
+    clean = [{"label": "a", "clean_asr": 16.8}, {"label": "b", "clean_asr": 7.5}, {"label": "c", "clean_asr": 1.0}]
+    lines = misses_table(rows, "FT-SAM", clean).splitlines()[2:]
+    assert [ln.split() for ln in lines] == [["a", "12.0", "16.8", "yes"], ["b", "30.0", "7.5", "no"],
+                                            ["e", "11.0", "-", "-"]]
+    assert "every implanted variant" in misses_table(rows[2:4], "FT-SAM", clean)
