@@ -235,3 +235,23 @@ def test_a_defense_given_the_poisoned_set_gets_it_and_a_fresh_model(run, monkeyp
     data = run.poisoned.data
     out = ftsam.purify(run.model, _clean(run), defense="ft", poisoned=(data.x, data.y))
     assert torch.equal(seen["poisoned"].x, data.x) and seen["fresh_differs"] and out.found == {"flagged": [1, 2]}
+
+
+def test_a_fine_tuning_that_breaks_the_model_is_warned_about(run):
+    """The report holds the accuracy on the defender's clean images before and after; a step so
+    large that the model ends far below where it started on its own training images (lr 30) warns
+    with CollapseWarning naming both numbers, and an ordinary run does not warn."""
+    import warnings
+
+    from ftsam.purify import COLLAPSE_POINTS, CollapseWarning
+    clean = _clean(run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        ok = ftsam.purify(run.model, (clean.x, clean.y), progress=False, **EPOCHS)
+    c = ok.report["clean"]
+    assert c["acc_before"] - c["acc_after"] <= COLLAPSE_POINTS
+    with pytest.warns(CollapseWarning, match=r"from \d+\.\d% to \d+\.\d%") as rec:
+        broken = ftsam.purify(run.model, (clean.x, clean.y), progress=False, lr=30.0, **EPOCHS)
+    c = broken.report["clean"]
+    assert c["acc_before"] - c["acc_after"] > COLLAPSE_POINTS
+    assert f"{c['acc_after']:.1f}%" in str(rec[0].message)
