@@ -261,3 +261,42 @@ def test_misses_table_sets_each_miss_beside_the_clean_models_asr():
     assert [ln.split() for ln in lines] == [["a", "12.0", "16.8", "yes"], ["b", "30.0", "7.5", "no"],
                                             ["e", "11.0", "-", "-"]]
     assert "every implanted variant" in misses_table(rows[2:4], "FT-SAM", clean)
+
+
+def test_collapse_probe_traces_ftsams_first_updates_and_surveys_the_models(monkeypatch):
+    """benchmarks.collapse_probe on a stand-in backdoored run (a small CNN on digits, untrained):
+    trace records one row per update, the first loss at w being the loss of the first batch the
+    run's seed draws, the gradient norm at w + eps before the clip (so above the clip where the
+    gradient is large), the same rows on a rerun; survey gives each ReLU layer's active share and
+    each layer's weight norm."""
+    import types
+
+    import torch
+
+    import benchmarks.collapse_probe as probe
+    import ftsam.experiment as exp
+    from ftsam.config import load_config
+    from ftsam.data import load_dataset
+    from ftsam.models import build_model
+    cfg = load_config(REPO / "params" / "robust" / "digits_simple_cnn.yaml")
+    train, _, info = load_dataset(cfg.data)
+
+    def fake_run(c, progress=False):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = build_model(c.model, info)
+        return types.SimpleNamespace(cfg=c, model=model, clean_train=train, metrics={"asr": 100.0})
+    monkeypatch.setattr(exp, "train_backdoor", fake_run)
+    over = {"train.max_grad_norm": 0.01}
+    rows = probe.trace(str(REPO / "params" / "robust" / "digits_simple_cnn.yaml"), 3, 0, updates=3, defense_overrides=over)
+    assert [r["update"] for r in rows] == [0, 1, 2]
+    assert all(r["grad_at_w_eps"] > 0.01 for r in rows)            # the norm before the clip
+    x, y = probe._clean_images(fake_run(cfg), cfg.defense)
+    first = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.defense.train.batch_size]
+    m = fake_run(cfg).model.train()
+    assert abs(rows[0]["loss_w"] - torch.nn.functional.cross_entropy(m(x[first]), y[first]).item()) < 1e-5
+    assert probe.trace(str(REPO / "params" / "robust" / "digits_simple_cnn.yaml"), 3, 0, updates=3,
+                       defense_overrides=over) == rows
+    s = probe.survey(str(REPO / "params" / "robust" / "digits_simple_cnn.yaml"), 3, n=2)
+    assert len(s) == 2 and len(s[0]["active"]) == 5 and len(s[0]["weight_norms"]) == 6
+    assert all(0.0 <= a <= 1.0 for a in s[0]["active"])
