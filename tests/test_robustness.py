@@ -154,9 +154,11 @@ def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
 
 @pytest.mark.parametrize("rows_file, params_file", [
     ("fashion_mnist_small_lr003_cos90.jsonl", "fashion_mnist_small_preactresnet18.yaml"),
-    ("digits_simple_cnn_clip5.jsonl", "digits_simple_cnn.yaml"),
-    ("digits_simple_cnn_clip5_seed2.jsonl", "digits_simple_cnn.yaml"),
-    ("digits_simple_cnn_clip5_seed3.jsonl", "digits_simple_cnn.yaml"),
+    # the clip5 rows ran before the warmup and the rate-following rho (session 16)
+    ("digits_simple_cnn_w5dyn_seed1.jsonl", "digits_simple_cnn.yaml"),
+    ("digits_simple_cnn_w5dyn_seed2.jsonl", "digits_simple_cnn.yaml"),
+    ("digits_simple_cnn_w5dyn_seed3.jsonl", "digits_simple_cnn.yaml"),
+    ("digits_simple_cnn_w5dyn_seed4.jsonl", "digits_simple_cnn.yaml"),
     ("digits_vgg19_bn_w5_seed3.jsonl", "digits_vgg19_bn.yaml"),   # lr003_cos(_seed2) ran before the warmup
     ("fashion_mnist_small_simple_cnn.jsonl", "fashion_mnist_small_simple_cnn.yaml"),
 ])
