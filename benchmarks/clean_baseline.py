@@ -1,6 +1,6 @@
 """What the defender's clean images support on their own (issue 11): a fresh model of the params
 file's architecture, trained from scratch with the defender's step (``defense.train``) on exactly
-the clean subset a defense is given (:func:`ftsam.data.clean_subset`, the run's seed), measured on
+the clean subset a defense is given (:func:`ftsam.experiment.defender_clean_index`), measured on
 the clean test set. A fine-tuning defense that must leave the backdoor's basin ends near this
 number; notebook 13 and ``benchmarks/robustness_research.jsonl`` (rows ``defense: scratch``)
 compare the defended models with it.
@@ -18,7 +18,8 @@ import json
 def clean_baseline(params: str, epochs: int | None = None, clean_ratio: float | None = None,
                    progress: bool | None = None) -> dict:
     import ftsam
-    from ftsam.data import clean_subset, load_dataset
+    from ftsam.data import load_dataset
+    from ftsam.experiment import defender_clean_index
     from ftsam.metrics import accuracy
     from ftsam.models import build_model
     from ftsam.train import fit, predict, seeded
@@ -31,7 +32,7 @@ def clean_baseline(params: str, epochs: int | None = None, clean_ratio: float | 
     cfg = ftsam.load_config(params, over or None)
     train, test, info = load_dataset(cfg.data)
     d = cfg.defense
-    idx = clean_subset(train, d.clean_ratio, cfg.seed, balanced=d.clean_sampling == "balanced")
+    idx = defender_clean_index(train, d, cfg.seed)
     with seeded(cfg.seed):          # the initial weights are a draw of the run's seed too
         model = build_model(cfg.model, info)
     fit(model, train.subset(idx), d.train, seed=cfg.seed, desc="clean baseline", progress=progress)

@@ -17,7 +17,7 @@ import copy
 import json
 
 
-def _setting(params: str, seed: int, n: int, overrides: dict | None = None):
+def _setting(params: str, seed: int, n: int):
     from ftsam.config import load_config
     from ftsam.data import load_dataset
     from ftsam.robustness import variant_family
@@ -27,9 +27,8 @@ def _setting(params: str, seed: int, n: int, overrides: dict | None = None):
 
 
 def _clean_images(run, dcfg):
-    from ftsam.data import clean_subset
-    idx = clean_subset(run.clean_train, dcfg.clean_ratio, run.cfg.seed, balanced=dcfg.clean_sampling == "balanced")
-    data = run.clean_train.subset(idx)
+    from ftsam.experiment import defender_clean_index
+    data = run.clean_train.subset(defender_clean_index(run.clean_train, dcfg, run.cfg.seed))
     return data.x.float().div_(255.0), data.y
 
 

@@ -132,6 +132,25 @@ def _readable_state(path: Path) -> Path:
     return path
 
 
+def defender_clean_index(train: ImageSet, dcfg: DefenseConfig, seed: int) -> torch.Tensor:
+    """The indices of the defender's clean subset of ``train``: ``dcfg.clean_ratio`` of it, drawn
+    with the run's ``seed``, balanced per class where ``dcfg.clean_sampling`` says so. The one
+    place that draws it: :func:`defend` and the benchmarks that measure what a defender is given."""
+    return clean_subset(train, dcfg.clean_ratio, seed, balanced=dcfg.clean_sampling == "balanced")
+
+
+def prepared_attack(cfg: Config, info: DatasetInfo, train: ImageSet, cache_dir: str | Path = "runs",
+                    device="cpu", progress: bool | None = None) -> Attack:
+    """``cfg``'s attack with what its trigger needs built (:meth:`Attack.prepare`: a UAP, an encoder,
+    an optimised trigger; cached under ``cache_dir/resources``), from the clean model of ``cfg``
+    (:func:`train_clean`) where it needs one."""
+    attack = build_attack(cfg.attack, info)
+    attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources",
+                   key=clean_key(cfg, info), device=device,
+                   clean_model=lambda: train_clean(cfg, cache_dir, device, progress))
+    return attack
+
+
 def train_clean(cfg: Config, cache_dir: str | Path = "runs", device: str = "auto",
                 progress: bool | None = None) -> nn.Module:
     """A model trained on the clean training set with the attack-training settings (what
@@ -170,11 +189,8 @@ def train_backdoor(cfg: Config, cache_dir: str | Path = "runs", device: str = "a
     poisoned test set is made after training (or loading) from the trained networks."""
     device = resolve_device(device)
     train, test, info = load_dataset(cfg.data)
-    attack = build_attack(cfg.attack, info)
+    attack = prepared_attack(cfg, info, train, cache_dir, device, progress)
     run_dir = Path(cache_dir) / attack_key(cfg, info)
-    attack.prepare(train, seed=cfg.seed, cache_dir=Path(cache_dir) / "resources",
-                   key=clean_key(cfg, info), device=device,
-                   clean_model=lambda: train_clean(cfg, cache_dir, device, progress))
     poisoned = attack.poison_trainset(train, cfg.seed)
     trainable = attack.trainable
     test_bd = None if trainable else attack.poison_testset(test)
@@ -278,8 +294,8 @@ def defend(run: AttackRun, defense: str, overrides: dict | None = None, progress
                                  f"poisoned image; {defense!r} applies to the attacks that poison the data")
     out_dir = run.run_dir / f"{defense}-{stable_hash(impl.cache_inputs(cfg))}"
     # the defender's clean subset, drawn only for a defense that is given one (AC and ABL are not)
-    idx = clean_subset(run.clean_train, dcfg.clean_ratio, cfg.seed, balanced=dcfg.clean_sampling == "balanced") \
-        if "clean" in impl.needs else torch.empty(0, dtype=torch.long)
+    idx = defender_clean_index(run.clean_train, dcfg, cfg.seed) if "clean" in impl.needs \
+        else torch.empty(0, dtype=torch.long)
 
     def new_model():
         return build_model(cfg.model, run.info).to(run.device)

@@ -126,9 +126,12 @@ def purify(model: nn.Module, clean, *, defense: str = "ft_sam", settings: str | 
                           "pass poisoned=(x, y) (or a Dataset/DataLoader)")
     test_set, test_bd = _test_sets(test, trigger, target, poisoned_test, model, device)
 
+    def clean_acc(m: nn.Module) -> float:     # on the images the defense is given: a training accuracy
+        return accuracy(predict(m, clean_set.x, device=device), clean_set.y)
+
     def measure(m: nn.Module) -> dict:
         if test_set is None:
-            return {"clean_data_acc": accuracy(predict(m, clean_set.x, device=device), clean_set.y)}
+            return {"clean_data_acc": clean_acc(m)}
         if test_bd is None:
             return {"acc": accuracy(predict(m, test_set.x, device=device), test_set.y)}
         out = evaluate(m, test_set, test_bd, device)
@@ -138,7 +141,7 @@ def purify(model: nn.Module, clean, *, defense: str = "ft_sam", settings: str | 
 
     was_training = model.training
     before = measure(model)
-    fit_before = accuracy(predict(model, clean_set.x, device=device), clean_set.y)
+    fit_before = before["clean_data_acc"] if test_set is None else clean_acc(model)
     given = Given(defense, impl.needs, model=copy.deepcopy(model), clean=clean_set, poisoned=poisoned_set,
                   new_model=lambda: _reinitialised(model), scratch_train=cfg.attack_train)
     ctx = Context(seed=cfg.seed, device=device, progress=progress,
@@ -147,7 +150,7 @@ def purify(model: nn.Module, clean, *, defense: str = "ft_sam", settings: str | 
         out = impl.run(given, ctx)
     purified = out.model.to(device)
     after = measure(purified)
-    fit_after = accuracy(predict(purified, clean_set.x, device=device), clean_set.y)
+    fit_after = after["clean_data_acc"] if test_set is None else clean_acc(purified)
     purified.train(was_training)
     classes = int(torch.unique(clean_set.y).numel())
     if fit_before - fit_after > COLLAPSE_POINTS:

@@ -134,7 +134,7 @@ def clean_model_asr(cfg: Config, variants: list[Variant], cache_dir="runs", devi
     their ``clean_asr`` is None."""
     from ftsam.attacks import build_attack
     from ftsam.data import load_dataset
-    from ftsam.experiment import clean_key, train_clean
+    from ftsam.experiment import prepared_attack, train_clean
     from ftsam.metrics import evaluate
     from ftsam.train import resolve_device
 
@@ -143,14 +143,12 @@ def clean_model_asr(cfg: Config, variants: list[Variant], cache_dir="runs", devi
     rows = []
     for v in variants:
         vcfg = cfg.with_overrides(v.overrides)
-        attack = build_attack(vcfg.attack, info)
         row = {"label": v.label, "attack": vcfg.attack.name, "target": vcfg.attack.target}
-        if attack.trainable:
+        if build_attack(vcfg.attack, info).trainable:
             row["clean_acc"] = row["clean_asr"] = None
         else:   # the victim's clean twin: a variant's own attack-step settings (WaNet's epochs) included
             model = train_clean(vcfg, cache_dir, device, progress)
-            attack.prepare(train, seed=vcfg.seed, cache_dir=Path(cache_dir) / "resources",
-                           key=clean_key(vcfg, info), device=device, clean_model=lambda m=model: m)
+            attack = prepared_attack(vcfg, info, train, cache_dir, device, progress)
             m = evaluate(model, test, attack.poison_testset(test), device)
             row["clean_acc"], row["clean_asr"] = m["acc"], m["asr"]
         rows.append(row)
@@ -179,7 +177,6 @@ def load_rows(path) -> list[dict]:
     object per variant and line, appended), the last row of each variant label winning, in the
     order the variants first appear. A line that is not a row is an error naming the file."""
     import json
-    from pathlib import Path
     rows: dict[str, dict] = {}
     for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -210,6 +207,16 @@ def summary_table(summaries: dict[str, dict]) -> str:
                  [[name, f"{s['implanted']}/{s['variants']}", f"{100 * s['removed_share']:.0f}%",
                    f"{s['median_asr']:.1f}", f"{s['max_asr']:.1f}", f"{s['median_acc_loss']:.1f}",
                    f"{s['max_acc_loss']:.1f}", s["over_5_points"]] for name, s in summaries.items()])
+
+
+def clean_rows_file(name: str, clean_dir) -> Path | None:
+    """The clean-model rows (:func:`clean_model_asr`, ``clean_dir/STEM.jsonl``) for the recorded
+    rows file ``name``: the one named like it, else the longest ``STEM`` with ``name`` starting
+    ``STEM_`` (``X_w5dyn`` holds X's setting and family at another defender's step, and the clean
+    model depends on neither); None where there is none."""
+    stems = sorted((p.stem for p in Path(clean_dir).glob("*.jsonl")), key=len, reverse=True)
+    stem = next((s for s in stems if name == s or name.startswith(s + "_")), None)
+    return None if stem is None else Path(clean_dir) / f"{stem}.jsonl"
 
 
 def misses_table(rows: list[dict], defense: str, clean_rows: list[dict] | None = None,

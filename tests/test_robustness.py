@@ -176,19 +176,38 @@ def test_robust_params_file_is_the_recorded_rows_setting(rows_file, params_file)
     assert first["defense_overrides"]               # the rows name the step they ran, not "whatever the file says"
 
 
-@pytest.mark.parametrize("clean_file", sorted((REPO / "benchmarks" / "robustness" / "clean_model").glob("*.jsonl")),
-                         ids=lambda p: p.stem)
-def test_clean_model_rows_are_the_twin_of_their_recorded_setting(clean_file):
-    """benchmarks/robustness/clean_model/NAME.jsonl holds the clean-model ASR of the variants of the
-    recorded rows NAME.jsonl: the same variant labels, and a clean model of the same data, model,
-    attack step and seed (what the clean model's cache key holds), so notebook 13 may set them side by side."""
+CLEAN_DIR = REPO / "benchmarks" / "robustness" / "clean_model"
+
+
+@pytest.mark.parametrize("rows_file", sorted((REPO / "benchmarks" / "robustness").glob("*.jsonl")), ids=lambda p: p.stem)
+def test_clean_model_rows_are_the_twin_of_their_recorded_setting(rows_file):
+    """The clean-model rows that robustness.clean_rows_file finds for a recorded rows file hold the
+    clean-model ASR of exactly its variants (the same labels), from a clean model of the same data,
+    model, attack step and seed (what the clean model's cache key holds), so notebook 13 may set
+    them side by side; every clean-model file serves at least one recorded file."""
     from ftsam.config import load_config
-    clean = [json.loads(s) for s in clean_file.read_text().splitlines()]
-    rows = REPO / "benchmarks" / "robustness" / clean_file.name
-    recorded = [json.loads(s) for s in rows.read_text().splitlines()]
+    from ftsam.robustness import clean_rows_file
+    path = clean_rows_file(rows_file.stem, CLEAN_DIR)
+    if path is None:
+        return
+    clean = [json.loads(s) for s in path.read_text().splitlines()]
+    recorded = [json.loads(s) for s in rows_file.read_text().splitlines()]
     assert sorted(r["label"] for r in clean) == sorted(r["label"] for r in recorded)
     a, b = load_config(REPO / clean[0]["params"]), load_config(REPO / recorded[0]["params"])
     assert (a.data, a.model, a.attack_train, a.seed) == (b.data, b.model, b.attack_train, b.seed)
+
+
+def test_clean_rows_file_takes_the_exact_name_or_the_longest_prefix(tmp_path):
+    """X.jsonl serves X and X_step; of two prefixes the longer wins; a name that only shares a
+    beginning without the "_" boundary gets none; every recorded clean-model file serves a rows file."""
+    from ftsam.robustness import clean_rows_file
+    for stem in ("a", "a_b", "c"):
+        (tmp_path / f"{stem}.jsonl").write_text("")
+    assert clean_rows_file("a", tmp_path).stem == "a" and clean_rows_file("a_x", tmp_path).stem == "a"
+    assert clean_rows_file("a_b_x", tmp_path).stem == "a_b"
+    assert clean_rows_file("cc", tmp_path) is None and clean_rows_file("d", tmp_path) is None
+    served = {clean_rows_file(p.stem, CLEAN_DIR) for p in (REPO / "benchmarks" / "robustness").glob("*.jsonl")}
+    assert set(CLEAN_DIR.glob("*.jsonl")) <= served
 
 
 def test_the_clean_baseline_trains_on_the_defenders_clean_subset_alone():
