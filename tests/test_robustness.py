@@ -161,6 +161,7 @@ def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
     ("digits_simple_cnn_w5dyn_seed4.jsonl", "digits_simple_cnn.yaml"),
     ("digits_vgg19_bn_w5_seed3.jsonl", "digits_vgg19_bn.yaml"),   # lr003_cos(_seed2) ran before the warmup
     ("fashion_mnist_small_simple_cnn_w5dyn.jsonl", "fashion_mnist_small_simple_cnn.yaml"),   # the .jsonl before: no warmup
+    ("fashion_mnist_small_vgg19_bn_partial.jsonl", "fashion_mnist_small_vgg19_bn.yaml"),
 ])
 def test_robust_params_file_is_the_recorded_rows_setting(rows_file, params_file):
     """A params/robust file claims to be the config its recorded rows ran as (the rows' params
@@ -192,7 +193,10 @@ def test_clean_model_rows_are_the_twin_of_their_recorded_setting(rows_file):
         return
     clean = [json.loads(s) for s in path.read_text().splitlines()]
     recorded = [json.loads(s) for s in rows_file.read_text().splitlines()]
-    assert sorted(r["label"] for r in clean) == sorted(r["label"] for r in recorded)
+    if rows_file.stem.endswith("_partial"):      # a family stopped short: its variants are among the floor's
+        assert {r["label"] for r in recorded} < {r["label"] for r in clean}
+    else:
+        assert sorted(r["label"] for r in clean) == sorted(r["label"] for r in recorded)
     a, b = load_config(REPO / clean[0]["params"]), load_config(REPO / recorded[0]["params"])
     assert (a.data, a.model, a.attack_train, a.seed) == (b.data, b.model, b.attack_train, b.seed)
 
