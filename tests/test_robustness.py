@@ -160,6 +160,7 @@ def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
     ("digits_simple_cnn_w5dyn_seed3.jsonl", "digits_simple_cnn.yaml"),
     ("digits_simple_cnn_w5dyn_seed4.jsonl", "digits_simple_cnn.yaml"),
     ("digits_vgg19_bn_w5_seed3.jsonl", "digits_vgg19_bn.yaml"),   # lr003_cos(_seed2) ran before the warmup
+    ("digits_vgg19_bn_w5_seed4.jsonl", "digits_vgg19_bn.yaml"),
     ("fashion_mnist_small_simple_cnn_w5dyn.jsonl", "fashion_mnist_small_simple_cnn.yaml"),   # the .jsonl before: no warmup
     ("fashion_mnist_small_vgg19_bn.jsonl", "fashion_mnist_small_vgg19_bn.yaml"),
 ])
