@@ -7,7 +7,8 @@ optional overrides) says; one JSON line per variant, then the summary.
 
 Several defender's settings on the same backdoored models: give ``--defense-overrides`` and
 ``--out`` once per setting (paired in order); each variant is trained once and each setting's
-rows go to its own file.
+rows go to its own file. ``--defenses FT-SAM`` runs FT-SAM alone (to study its step where plain
+FT at that step is not wanted: the rows then hold no FT columns).
 
 ``--clean-model`` measures instead what each variant's trigger does to a model never poisoned
 (the params file's model trained on the clean data, :func:`ftsam.robustness.clean_model_asr`):
@@ -35,6 +36,7 @@ def split(row: dict, j: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ftsam.robustness import DEFENSES
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params/offline.yaml")
     ap.add_argument("--seed", type=int, default=0, help="seed of the variant family")
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overrides", default="{}", help="config overrides (JSON), e.g. a model seed")
     ap.add_argument("--defense-overrides", action="append",
                     help="defense overrides for FT and FT-SAM (JSON); once per --out")
+    ap.add_argument("--defenses", default="FT,FT-SAM",
+                    help=f"comma-separated, of {', '.join(DEFENSES)} (default both)")
     ap.add_argument("--cache", default="runs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.clean_model and (args.defense_overrides or args.skip_not_implanted or len(args.out) > 1):
         ap.error("--clean-model defends nothing: give one --out and no --defense-overrides or --skip-not-implanted")
+    chosen = [d for d in args.defenses.split(",") if d]
+    unknown = [d for d in chosen if d not in DEFENSES]
+    if unknown or not chosen:
+        ap.error(f"--defenses: {', '.join(unknown) or 'none given'}; the choices are {', '.join(DEFENSES)}")
     settings = [json.loads(s) for s in (args.defense_overrides or ["{}"])]
     if len(settings) != len(args.out):
         ap.error(f"--defense-overrides given {len(settings)} times but --out {len(args.out)} times; "
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{r['label']:55s} clean model: ASR {asr}", flush=True)
         print(f"clean-model time: {time.perf_counter() - t0:.0f} s for {len(rows)} variants on {device}")
         return
-    names = ("FT", "ft"), ("FT-SAM", "ft_sam")
+    names = [(label, DEFENSES[label]) for label in chosen]
     defenses = {f"{label}#{j}": (name, dov) for j, dov in enumerate(settings) for label, name in names}
     files = [open(path, "a") for path in args.out]
     t0 = time.perf_counter()
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             f.flush()
             print(f"{r['label']:55s} bd {r['bd_acc']:5.1f}/{r['bd_asr']:5.1f}  "
                   + ("  ".join(f"{d} {r[d + ' acc']:5.1f}/{r[d + ' asr']:5.1f}" for d, _ in names)
-                     if r["FT acc"] is not None else "did not implant: not defended")
+                     if r[f"{names[0][0]} acc"] is not None else "did not implant: not defended")
                   + (f"  [{args.out[j]}]" if len(files) > 1 else ""), flush=True)
 
     try:

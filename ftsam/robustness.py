@@ -27,6 +27,8 @@ RATIOS = (0.01, 0.10)
 CORNERS = ("bottom_right", "bottom_left", "top_left", "top_right")
 PATTERNS = ("white", "checkerboard", "random")
 BLEND_IMAGES = ("china", "flower", "noise")
+# The suite's defense labels (the rows' column prefixes) and the defenses they run.
+DEFENSES = {"FT": "ft", "FT-SAM": "ft_sam"}
 PUBLISHED = ("badnets-a2o", "badnets-a2a", "blended", "sig", "lf", "ssba", "trojan", "wanet", "input_aware", "cla")
 
 
@@ -96,7 +98,7 @@ def run_suite(cfg: Config, variants: list[Variant], defenses: dict[str, tuple[st
     With ``defend_all=False`` a variant that did not implant is not defended (it is left out of
     the score anyway): its defense columns are None."""
     from ftsam.experiment import defend, train_backdoor
-    defenses = defenses or {"FT": ("ft", {}), "FT-SAM": ("ft_sam", {})}
+    defenses = defenses or {label: (name, {}) for label, name in DEFENSES.items()}
     rows = []
     for v in variants:
         t0 = time.perf_counter()
@@ -187,6 +189,12 @@ def load_rows(path) -> list[dict]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path}, line {i}: not a robustness-suite row ({type(e).__name__}: {e})") from None
     return list(rows.values())
+
+
+def defenses_in(rows: list[dict]) -> list[str]:
+    """The suite's defense labels (:data:`DEFENSES`) whose columns every row holds: both for a
+    default run, FT-SAM alone for one with ``--defenses FT-SAM``."""
+    return [d for d in DEFENSES if rows and all(f"{d} asr" in r for r in rows)]
 
 
 def rows_table(rows: list[dict], defenses: list[str]) -> str:

@@ -118,8 +118,19 @@ def test_suite_command_pairs_each_defender_setting_with_its_file(tmp_path, monke
     assert all(r["FT-SAM asr"] == 1.0 and r["defense_overrides"] == {"x": 0} for r in ra)
     assert all(r["FT-SAM asr"] == 6.0 and r["defense_overrides"] == {"x": 5} for r in rb)
     assert not any("#" in k for r in ra + rb for k in r)
+    assert rob.defenses_in(ra) == ["FT", "FT-SAM"]
     with pytest.raises(SystemExit):
         cli.main(["--defense-overrides", "{}", "--defense-overrides", "{}", "--out", str(a)])
+    # FT-SAM alone: no FT is run and its rows hold no FT columns; an unknown label is refused.
+    c = tmp_path / "c.jsonl"
+    cli.main(["--params", "params/offline.yaml", "--seed", "1", "--only", "1", "--defenses", "FT-SAM",
+              "--out", str(c)])
+    assert set(seen["defenses"]) == {"FT-SAM#0"}
+    rc = rob.load_rows(c)
+    assert rob.defenses_in(rc) == ["FT-SAM"] and not any(k.startswith("FT ") for k in rc[0])
+    for bad in ("FT,SAM", ""):
+        with pytest.raises(SystemExit):
+            cli.main(["--defenses", bad, "--out", str(c)])
 
 
 def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
