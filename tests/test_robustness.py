@@ -173,7 +173,8 @@ def test_variants_that_did_not_implant_can_be_left_undefended(monkeypatch):
     ("digits_vgg19_bn_w5_seed3.jsonl", "digits_vgg19_bn.yaml"),   # lr003_cos(_seed2) ran before the warmup
     ("digits_vgg19_bn_w5_seed4.jsonl", "digits_vgg19_bn.yaml"),
     ("fashion_mnist_small_simple_cnn_w5dyn.jsonl", "fashion_mnist_small_simple_cnn.yaml"),   # the .jsonl before: no warmup
-    ("fashion_mnist_small_vgg19_bn_rho1.jsonl", "fashion_mnist_small_vgg19_bn.yaml"),   # the .jsonl before: rho 2
+    # the .jsonl before: rho 2; _rho1: 60 epochs
+    ("fashion_mnist_small_vgg19_bn_rho1_e90.jsonl", "fashion_mnist_small_vgg19_bn.yaml"),
 ])
 def test_robust_params_file_is_the_recorded_rows_setting(rows_file, params_file):
     """A params/robust file claims to be the config its recorded rows ran as (the rows' params
