@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--published", action="store_true", help="also the ten published attacks")
     ap.add_argument("--overrides", default="{}", help="config overrides (JSON), e.g. a model seed")
     ap.add_argument("--defense-overrides", action="append",
-                    help="defense overrides for FT and FT-SAM (JSON); once per --out")
+                    help="defense overrides for the defenses run (JSON); once per --out")
     ap.add_argument("--defenses", default="FT,FT-SAM",
                     help=f"comma-separated, of {', '.join(DEFENSES)} (default both)")
     ap.add_argument("--cache", default="runs")
